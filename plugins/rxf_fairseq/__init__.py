@@ -1,0 +1,1 @@
+"""rxf adapter for fairseq (placeholder package, filled by its issue)."""

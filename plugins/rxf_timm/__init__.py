@@ -1,0 +1,1 @@
+"""rxf adapter for timm (placeholder package, filled by its issue)."""

@@ -1,0 +1,1 @@
+"""rxf adapter for transformers (placeholder package, filled by its issue)."""

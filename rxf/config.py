@@ -1,0 +1,153 @@
+"""RXFConfig: every knob of R3F/R4F, validated; loadable from dicts, JSON, YAML and fairseq flags."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_FAIRSEQ_FLAGS = {
+    "--eps": ("eps", float),
+    "--r3f-lambda": ("r3f_lambda", float),
+    "--noise-type": ("noise_type", str),
+}
+_FAIRSEQ_SWITCH = "--spectral-norm-classification-head"
+
+
+class RXFConfig(BaseModel):
+    """Settings of the R3F/R4F regularizer. Frozen; unknown keys are rejected.
+
+    Example:
+        >>> cfg = RXFConfig(eps=1e-5, r3f_lambda=0.7)
+        >>> cfg.noise_type, cfg.divergence
+        ('uniform', 'symmetric_kl')
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+    eps: float = Field(
+        1e-5, ge=0, allow_inf_nan=False,
+        description="Noise scale: half-width for 'uniform', standard deviation for 'normal', "
+        "α for 'neftune'. 0 turns the noise off.",
+    )
+    r3f_lambda: float = Field(
+        1.0, ge=0, allow_inf_nan=False,
+        description="Weight λ of the consistency term. 0 means noise only: one noisy pass, "
+        "no second forward (the NEFTune use).",
+    )
+    noise_type: str = Field(
+        "uniform", description="A registered noise type: 'uniform', 'normal', 'neftune', or a plugin's."
+    )
+    divergence: str = Field(
+        "symmetric_kl", description="Divergence for class logits: 'symmetric_kl', 'kl', 'js', or a plugin's."
+    )
+    regression_divergence: str = Field(
+        "mse", description="Divergence used instead when the logits have one output (regression)."
+    )
+    spectral_norm_head: bool = Field(
+        False, description="R4F: spectral normalization on the classification head."
+    )
+    spectral_norm_scope: Literal["final", "all"] = Field(
+        "final", description="R4F on the head's final Linear only (the reference) or on every Linear."
+    )
+    detach_noisy_embedding: bool = Field(
+        True, description="Noisy pass uses emb.detach() + z (reference classification criterion); "
+        "False lets the noisy pass's gradient reach the embedding (reference seq2seq criterion).",
+    )
+    embedding: str | None = Field(
+        None, description="Dotted path of the module whose output gets the noise; found by plugins if unset."
+    )
+    head: str | None = Field(
+        None, description="Dotted path of the classification head for R4F; found by plugins if unset."
+    )
+    token_reduction: Literal["mean", "reference"] = Field(
+        "mean", description="Token-level outputs: 'mean' over real tokens, or 'reference' "
+        "(sum over all positions / batch size, as fairseq).",
+    )
+
+    @field_validator("noise_type")
+    @classmethod
+    def _known_noise_type(cls, value: str) -> str:
+        from rxf.plugins import noise_types
+
+        return _check_registered(value, noise_types(), "noise_type")
+
+    @field_validator("divergence", "regression_divergence")
+    @classmethod
+    def _known_divergence(cls, value: str) -> str:
+        from rxf.plugins import divergences
+
+        return _check_registered(value, divergences(), "divergence")
+
+    @field_validator("embedding", "head")
+    @classmethod
+    def _dotted_path(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or any(not p for p in value.split("."))):
+            raise ValueError(f"{value!r} is not a dotted module path like 'encoder.embed_tokens'")
+        return value
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RXFConfig:
+        """Validate a mapping (e.g. the ``rxf:`` section of a larger config)."""
+        return cls.model_validate(dict(data))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> RXFConfig:
+        """Load a ``.json``, ``.yaml`` or ``.yml`` file holding the config's fields."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"rxf config file {str(path)!r} does not exist")
+        text = path.read_text()
+        if path.suffix == ".json":
+            data = json.loads(text)
+        elif path.suffix in {".yaml", ".yml"}:
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            raise ValueError(f"rxf config {str(path)!r}: use a .json, .yaml or .yml file")
+        if not isinstance(data, Mapping):
+            raise ValueError(f"rxf config {str(path)!r} must hold a mapping of fields")
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_fairseq_args(cls, args: Sequence[str] | argparse.Namespace) -> RXFConfig:
+        """Read the reference's flags (``--eps``, ``--r3f-lambda``, ``--noise-type``,
+        ``--spectral-norm-classification-head``) from a command line or parsed namespace.
+
+        Other flags of a fairseq command line are ignored.
+
+        Example:
+            >>> RXFConfig.from_fairseq_args(["--r3f-lambda", "0.7", "--lr", "1e-5"]).r3f_lambda
+            0.7
+        """
+        if isinstance(args, argparse.Namespace):
+            ns = vars(args)
+            data = {key: ns[key] for key, _ in _FAIRSEQ_FLAGS.values() if ns.get(key) is not None}
+            if ns.get("spectral_norm_classification_head"):
+                data["spectral_norm_head"] = True
+            return cls.from_dict(data)
+        parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+        for flag, (dest, kind) in _FAIRSEQ_FLAGS.items():
+            parser.add_argument(flag, dest=dest, type=kind)
+        parser.add_argument(_FAIRSEQ_SWITCH, dest="spectral_norm_head", action="store_true")
+        try:
+            known, _ = parser.parse_known_args(list(args))
+        except SystemExit as exc:  # argparse exits on a malformed value
+            raise ValueError(f"could not read rxf flags from {list(args)!r}") from exc
+        data = {k: v for k, v in vars(known).items() if v is not None and v is not False}
+        return cls.from_dict(data)
+
+
+def _check_registered(value: str, registry: Mapping[str, Any], field: str) -> str:
+    if value not in registry:
+        known = ", ".join(sorted(registry))
+        raise ValueError(
+            f"unknown {field} {value!r}; known: {known}. Register new ones with a plugin "
+            f"(see docs/plugins.md)."
+        )
+    return value

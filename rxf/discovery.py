@@ -1,0 +1,94 @@
+"""Which modules rxf hooks: the embedding (noise) and the head (R4F), by path or by plugin."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from rxf import plugins
+from rxf.config import RXFConfig
+from rxf.errors import RXFError
+from rxf.spectral import apply_spectral_norm
+
+
+@dataclass
+class Targets:
+    """The modules chosen for a model, with their dotted paths and who chose them."""
+
+    embedding: nn.Module
+    embedding_name: str
+    embedding_source: str
+    head: nn.Module | None = None
+    head_name: str | None = None
+    head_source: str | None = None
+    spectral_linears: list[nn.Linear] = field(default_factory=list)
+
+
+def module_path(model: nn.Module, module: nn.Module) -> str:
+    """The dotted path of ``module`` inside ``model`` ("" for the model itself)."""
+    for name, candidate in model.named_modules(remove_duplicate=False):
+        if candidate is module:
+            return name
+    raise RXFError(
+        f"the plugin-proposed module {type(module).__name__} is not a submodule of "
+        f"{type(model).__name__}"
+    )
+
+
+def resolve_path(model: nn.Module, path: str, field_name: str) -> nn.Module:
+    """``model.get_submodule(path)`` with an error that names the field and close matches."""
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        names = [n for n, _ in model.named_modules() if n]
+        close = difflib.get_close_matches(path, names, n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise RXFError(
+            f"RXFConfig.{field_name}={path!r}: {type(model).__name__} has no submodule at that "
+            f"path.{hint} List them with [n for n, _ in model.named_modules()]."
+        ) from None
+
+
+def _find_embedding(model: nn.Module, cfg: RXFConfig) -> tuple[nn.Module, str, str]:
+    if cfg.embedding is not None:
+        return resolve_path(model, cfg.embedding, "embedding"), cfg.embedding, "config"
+    module, source = plugins.find_embedding(model)
+    if module is None:
+        candidates = [n for n, m in model.named_modules() if isinstance(m, nn.Embedding)]
+        hint = f" Candidates: {', '.join(candidates[:5])}." if candidates else ""
+        raise RXFError(
+            f"rxf found no token embedding in {type(model).__name__}: no plugin recognises it. "
+            f"Name it explicitly, e.g. RXFConfig(embedding='encoder.embed_tokens').{hint}"
+        )
+    return module, module_path(model, module), source or "?"
+
+
+def _find_head(model: nn.Module, cfg: RXFConfig) -> tuple[nn.Module, str, str]:
+    if cfg.head is not None:
+        return resolve_path(model, cfg.head, "head"), cfg.head, "config"
+    module, source = plugins.find_head(model)
+    if module is None:
+        raise RXFError(
+            f"R4F (spectral_norm_head=True) needs the classification head, but no plugin "
+            f"recognises the head of {type(model).__name__}; name it, e.g. "
+            f"RXFConfig(head='classifier')."
+        )
+    return module, module_path(model, module), source or "?"
+
+
+def discover(model: nn.Module, cfg: RXFConfig, apply_r4f: bool = False) -> Targets:
+    """Find the embedding (and the head when R4F is on); with ``apply_r4f`` normalize it."""
+    embedding, embedding_name, embedding_source = _find_embedding(model, cfg)
+    targets = Targets(embedding, embedding_name, embedding_source)
+    if cfg.spectral_norm_head:
+        targets.head, targets.head_name, targets.head_source = _find_head(model, cfg)
+        if targets.head is embedding:
+            raise RXFError(
+                f"the head {targets.head_name!r} is the embedding module; point "
+                f"RXFConfig(head=...) at the classification head"
+            )
+        if apply_r4f:
+            targets.spectral_linears = apply_spectral_norm(targets.head, cfg.spectral_norm_scope)
+    return targets

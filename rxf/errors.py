@@ -1,0 +1,15 @@
+"""Exceptions and warnings raised by rxf."""
+
+from __future__ import annotations
+
+
+class RXFError(ValueError):
+    """A model or configuration that rxf cannot regularize as asked.
+
+    Raised early (at :func:`rxf.wrap` or config time), with a message that names the field
+    or module at fault and how to fix it.
+    """
+
+
+class RXFPrecisionWarning(UserWarning):
+    """The noise is below the resolution of the embedding's dtype and is partly rounded away."""

@@ -1,0 +1,79 @@
+"""explain(): what rxf hooks in a model and with which settings, in words."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from rxf.config import RXFConfig
+from rxf.discovery import discover
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """The choices rxf makes for one model; ``str()`` gives a readable table."""
+
+    model: str
+    embedding: str
+    embedding_module: str
+    embedding_plugin: str
+    head: str | None
+    head_plugin: str | None
+    logits: str
+    config: RXFConfig
+
+    def __str__(self) -> str:
+        cfg = self.config
+        rows = [
+            ("model", self.model),
+            ("embedding (noise)", f"{self.embedding} ({self.embedding_module}, "
+                                  f"by {self.embedding_plugin})"),
+            ("noise", f"{cfg.noise_type}, eps={cfg.eps:g}, "
+                      f"detach={cfg.detach_noisy_embedding}"),
+            ("divergence", f"{cfg.divergence} (regression: {cfg.regression_divergence}), "
+                           f"lambda={cfg.r3f_lambda:g}, token_reduction={cfg.token_reduction}"),
+            ("head (R4F)", f"{self.head} (by {self.head_plugin}, scope "
+                           f"{cfg.spectral_norm_scope})" if self.head else "off"),
+            ("logits", self.logits),
+        ]
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def explain(model: nn.Module, config: RXFConfig | None = None, **overrides: Any) -> Explanation:
+    """Say which embedding, head and logits rxf uses for ``model`` (wrapped or not).
+
+    For an unwrapped model nothing is changed: discovery runs without attaching anything.
+
+    Example:
+        >>> import rxf, torch
+        >>> net = torch.nn.Sequential(torch.nn.Embedding(10, 8), torch.nn.Linear(8, 3))
+        >>> rxf.explain(net).embedding
+        '0'
+    """
+    from rxf import plugins
+    from rxf.wrapper import RXFModel
+
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module
+    if isinstance(model, RXFModel):
+        inner, cfg, targets = model.module, model.rxf_config, model.rxf_targets
+    else:
+        cfg = config or RXFConfig()
+        if overrides:
+            cfg = RXFConfig.from_dict({**cfg.model_dump(exclude_unset=True), **overrides})
+        inner, targets = model, discover(model, cfg)
+    pm = plugins.plugin_manager()
+    logit_plugins = [impl.plugin_name for impl in reversed(pm.hook.rxf_extract_logits.get_hookimpls())]
+    return Explanation(
+        model=type(inner).__name__,
+        embedding=targets.embedding_name,
+        embedding_module=type(targets.embedding).__name__,
+        embedding_plugin=targets.embedding_source,
+        head=targets.head_name,
+        head_plugin=targets.head_source,
+        logits="from the forward output, asked in order of: " + ", ".join(logit_plugins),
+        config=cfg,
+    )

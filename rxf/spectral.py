@@ -1,0 +1,50 @@
+"""R4F: spectral normalization on the classification head, and baking it back out."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import spectral_norm
+
+from rxf.errors import RXFError
+
+
+def head_linears(head: nn.Module, scope: Literal["final", "all"] = "final") -> list[nn.Linear]:
+    """The Linear layers of ``head`` that R4F normalizes: the last one, or all of them."""
+    linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise RXFError(
+            f"R4F needs a Linear layer in the head, but {type(head).__name__} has none; point "
+            f"RXFConfig(head=...) at the classification head."
+        )
+    return linears if scope == "all" else linears[-1:]
+
+
+def apply_spectral_norm(
+    head: nn.Module, scope: Literal["final", "all"] = "final"
+) -> list[nn.Linear]:
+    """Put ``torch.nn.utils.parametrizations.spectral_norm`` on the head's Linear layers.
+
+    Returns the layers now parametrized. Layers that already carry a weight
+    parametrization are left as they are.
+
+    Example:
+        >>> head = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
+        >>> [type(m).__name__ for m in apply_spectral_norm(head)]
+        ['ParametrizedLinear']
+    """
+    done = []
+    for linear in head_linears(head, scope):
+        if not parametrize.is_parametrized(linear, "weight"):
+            spectral_norm(linear)
+            done.append(linear)
+    return done
+
+
+def remove_spectral_norm(linears: list[nn.Linear]) -> None:
+    """Bake the normalized weight W/σ into plain ``weight`` parameters and drop the parametrization."""
+    for linear in linears:
+        if parametrize.is_parametrized(linear, "weight"):
+            parametrize.remove_parametrizations(linear, "weight", leave_parametrized=True)

@@ -1,0 +1,240 @@
+"""wrap() / RXFModel / unwrap(): the clean pass, the noisy pass and the consistency term."""
+
+from __future__ import annotations
+
+import inspect
+import types
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from rxf import plugins
+from rxf.config import RXFConfig
+from rxf.discovery import Targets, discover
+from rxf.divergence import reduce_positions
+from rxf.errors import RXFError, RXFPrecisionWarning
+from rxf.inputs import ForwardInputs
+from rxf.perturbation import PerturbationRecord, perturb
+from rxf.spectral import remove_spectral_norm
+
+_INNER = "module"
+
+
+class RXFModel(nn.Module):
+    """A model under R3F/R4F. Build it with :func:`wrap`; undo it with :func:`unwrap`.
+
+    In training mode a forward runs the clean pass, then a noisy pass (noise on the
+    embedding output), and returns the clean pass's output; ``consistency_loss`` holds
+    ``r3f_lambda · divergence`` and is already added to the output's ``loss`` when it has
+    one. In eval mode it is one plain forward. Unknown attributes are read from the inner
+    model, whose forward signature the wrapper shows.
+    """
+
+    def __init__(self, module: nn.Module, config: RXFConfig, targets: Targets) -> None:
+        super().__init__()
+        self.module = module
+        self.rxf_config = config
+        self.rxf_targets = targets
+        self._sampler = plugins.noise_types()[config.noise_type]
+        self._divergences = plugins.divergences()
+        self._warned_precision = False
+        self.consistency_loss: Tensor = torch.zeros(())
+        self._stats: dict[str, Any] = {"mode": "none"}
+        self._register_state_dict_hook(_strip_inner_prefix)
+        self._register_load_state_dict_pre_hook(_add_inner_prefix)
+        self.forward = types.MethodType(_forward_with_signature_of(module), self)  # type: ignore[method-assign]
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == _INNER:
+                raise
+            return getattr(super().__getattr__(_INNER), name)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        cfg = self.rxf_config
+        if not self.training:
+            return self._single_pass(args, kwargs, noisy=False, mode="eval")
+        if cfg.r3f_lambda == 0:
+            return self._single_pass(args, kwargs, noisy=True, mode="noise_only")
+        output = self.module(*args, **kwargs)
+        inputs = ForwardInputs(args, kwargs)
+        with self._perturbed(inputs) as record:
+            noisy_output = self.module(*args, **kwargs)
+        divergence, name, positions = self._divergence(inputs, output, noisy_output)
+        self.consistency_loss = cfg.r3f_lambda * divergence
+        _add_to_loss(output, self.consistency_loss)
+        self._record("two_pass", record, divergence=divergence.detach(), divergence_name=name,
+                     positions=positions)
+        return output
+
+    @property
+    def last_stats(self) -> dict[str, Any]:
+        """Numbers of the last forward, for logging: ``mode``, ``divergence``,
+        ``consistency_loss``, ``noise_to_signal`` (measured RMS ratio at the embedding, after
+        the cast to its dtype), ``embedding_dtype``, ``positions``."""
+        return {k: (v.item() if isinstance(v, Tensor) else v) for k, v in self._stats.items()}
+
+    def _single_pass(self, args: tuple[Any, ...], kwargs: dict[str, Any], noisy: bool,
+                     mode: str) -> Any:
+        ref = next(iter(self.module.parameters()), None)
+        self.consistency_loss = torch.zeros((), device=ref.device if ref is not None else None)
+        if not noisy:
+            self._stats = {"mode": mode, "consistency_loss": 0.0}
+            return self.module(*args, **kwargs)
+        with self._perturbed(ForwardInputs(args, kwargs)) as record:
+            output = self.module(*args, **kwargs)
+        self._record(mode, record)
+        return output
+
+    def _perturbed(self, inputs: ForwardInputs) -> Any:
+        mask = None
+        if self.rxf_config.noise_type == "neftune":
+            mask = plugins.input_mask(self.module, inputs)
+        return perturb(self.rxf_targets.embedding, self._sampler, self.rxf_config.eps,
+                       detach=self.rxf_config.detach_noisy_embedding, mask=mask)
+
+    def _divergence(self, inputs: ForwardInputs, clean: Any, noisy: Any
+                    ) -> tuple[Tensor, str, int | Tensor]:
+        clean_logits = plugins.extract_logits(self.module, clean)
+        noisy_logits = plugins.extract_logits(self.module, noisy)
+        if clean_logits is None or noisy_logits is None:
+            raise RXFError(
+                f"rxf could not find logits in the output of {type(self.module).__name__} "
+                f"({type(clean).__name__}); return a tensor, a tuple starting with the logits, "
+                f"or an object with .logits, or add an rxf_extract_logits plugin."
+            )
+        cfg = self.rxf_config
+        name = cfg.regression_divergence if clean_logits.shape[-1] == 1 else cfg.divergence
+        per_position = self._divergences[name](clean_logits, noisy_logits)
+        mask = None
+        if clean_logits.dim() == 3 and cfg.token_reduction == "mean":
+            mask = plugins.token_mask(self.module, inputs, clean)
+        positions = per_position.numel() if mask is None else mask.sum()
+        value = reduce_positions(per_position, mask, cfg.token_reduction)
+        return value, name, positions
+
+    def _record(self, mode: str, record: PerturbationRecord, **extra: Any) -> None:
+        if record.calls == 0:
+            raise RXFError(
+                f"the embedding module {self.rxf_targets.embedding_name!r} was not called during "
+                f"the noisy pass, so no noise reached the model; point RXFConfig(embedding=...) "
+                f"at the module that embeds this model's inputs."
+            )
+        stats: dict[str, Any] = {"mode": mode, "embedding_dtype": str(record.dtype)}
+        if record.signal_rms is not None and record.noise_rms is not None:
+            stats["noise_to_signal"] = record.noise_rms / record.signal_rms.clamp_min(1e-30)
+            self._check_precision(record)
+        if "divergence" in extra:
+            stats["consistency_loss"] = self.consistency_loss.detach()
+        stats.update(extra)
+        self._stats = stats
+
+    def _check_precision(self, record: PerturbationRecord) -> None:
+        eps = self.rxf_config.eps
+        if self._warned_precision or eps == 0 or record.dtype in (None, torch.float32,
+                                                                   torch.float64):
+            return
+        assert record.signal_rms is not None and record.dtype is not None
+        rms = float(record.signal_rms)
+        resolution = 2.0 ** torch.floor(torch.log2(torch.tensor(max(rms, 1e-30)))).item() * \
+            torch.finfo(record.dtype).eps
+        if eps < resolution / 2:
+            self._warned_precision = True
+            warnings.warn(
+                f"eps={eps:g} is below half the resolution of {record.dtype} at the embedding's "
+                f"RMS ({rms:.3g}: spacing {resolution:.3g}), so most of the noise is rounded "
+                f"away; raise eps to at least {resolution:.2g} or keep the embedding in float32 "
+                f"(autocast does). last_stats['noise_to_signal'] shows what survives.",
+                RXFPrecisionWarning, stacklevel=4,
+            )
+
+
+def _forward_with_signature_of(module: nn.Module) -> types.FunctionType:
+    """A copy of RXFModel.forward whose signature is the inner forward's (HF Trainer reads it)."""
+    base = RXFModel.forward
+    fn = types.FunctionType(base.__code__, base.__globals__, base.__name__,
+                            base.__defaults__, base.__closure__)
+    fn.__doc__, fn.__qualname__ = base.__doc__, base.__qualname__
+    try:
+        inner = inspect.signature(module.forward)
+    except (TypeError, ValueError):
+        return fn
+    self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    fn.__signature__ = inner.replace(parameters=[self_param, *inner.parameters.values()])  # type: ignore[attr-defined]
+    return fn
+
+
+def _add_to_loss(output: Any, term: Tensor) -> None:
+    loss = getattr(output, "loss", None)
+    if isinstance(loss, Tensor):
+        output.loss = loss + term
+    elif isinstance(output, dict) and isinstance(output.get("loss"), Tensor):
+        output["loss"] = output["loss"] + term
+
+
+def _strip_inner_prefix(module: nn.Module, state_dict: dict[str, Any], prefix: str,
+                        local_metadata: Any) -> None:
+    inner = prefix + _INNER + "."
+    for key in [k for k in state_dict if k.startswith(inner)]:
+        state_dict[prefix + key[len(inner):]] = state_dict.pop(key)
+
+
+def _add_inner_prefix(state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    inner = prefix + _INNER + "."
+    for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(inner)]:
+        state_dict[inner + key[len(prefix):]] = state_dict.pop(key)
+
+
+def wrap(model: nn.Module, config: RXFConfig | Mapping[str, Any] | None = None,
+         **overrides: Any) -> RXFModel:
+    """Put ``model`` under R3F (R4F with ``spectral_norm_head=True``).
+
+    ``config`` is an :class:`RXFConfig` or a mapping of its fields; keyword ``overrides``
+    replace fields and are validated the same way. The embedding (and, for R4F, the head)
+    come from the config's paths or from the plugins.
+
+    Example:
+        >>> import rxf
+        >>> net = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 3))
+        >>> model = rxf.wrap(net, eps=1e-3, r3f_lambda=0.7)
+        >>> logits = model(torch.tensor([[1, 2, 3]]))
+        >>> bool(model.consistency_loss >= 0)
+        True
+    """
+    if isinstance(model, RXFModel):
+        raise RXFError("this model is already wrapped by rxf; call rxf.unwrap(model) first")
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        raise RXFError(
+            "wrap the model before DistributedDataParallel: DDP(rxf.wrap(model)), so both "
+            "passes run inside one DDP forward"
+        )
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"rxf.wrap expects a torch.nn.Module, got {type(model).__name__}")
+    base = config if isinstance(config, RXFConfig) else RXFConfig.from_dict(config or {})
+    cfg = RXFConfig.from_dict({**base.model_dump(exclude_unset=True), **overrides}) \
+        if overrides else base
+    return RXFModel(model, cfg, discover(model, cfg, apply_r4f=True))
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The original model: R4F's normalized weight baked into plain Linear layers, no hooks.
+
+    Accepts an :class:`RXFModel` or a DistributedDataParallel around one.
+
+    Example:
+        >>> import rxf
+        >>> net = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 3))
+        >>> rxf.unwrap(rxf.wrap(net)) is net
+        True
+    """
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module
+    if not isinstance(model, RXFModel):
+        raise RXFError(f"rxf.unwrap expects a model returned by rxf.wrap, got {type(model).__name__}")
+    remove_spectral_norm(model.rxf_targets.spectral_linears)
+    return model.module
