@@ -68,6 +68,11 @@ class RXFConfig(BaseModel):
         "mean", description="Token-level outputs: 'mean' over real tokens, or 'reference' "
         "(sum over all positions / batch size, as fairseq).",
     )
+    mode: Literal["two_pass", "concat"] = Field(
+        "two_pass", description="'two_pass': clean and noisy forwards one after the other; "
+        "'concat': one forward over the doubled batch (exact without batch-coupled layers; "
+        "refuses BatchNorm in training mode; the model's loss must ignore label -100).",
+    )
 
     @field_validator("noise_type")
     @classmethod
