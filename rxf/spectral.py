@@ -44,7 +44,14 @@ def apply_spectral_norm(
 
 
 def remove_spectral_norm(linears: list[nn.Linear]) -> None:
-    """Bake the normalized weight W/σ into plain ``weight`` parameters and drop the parametrization."""
+    """Bake the normalized weight W/σ into plain ``weight`` parameters and drop the parametrization.
+
+    The baked weight is the one the model uses in eval mode, so outputs do not change.
+    """
     for linear in linears:
         if parametrize.is_parametrized(linear, "weight"):
+            # eval mode: bake the weight the model uses at inference, with no extra power step
+            training = linear.training
+            linear.eval()
             parametrize.remove_parametrizations(linear, "weight", leave_parametrized=True)
+            linear.train(training)
