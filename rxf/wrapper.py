@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import types
 import warnings
 from collections.abc import Mapping
@@ -11,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rxf import plugins
+from rxf import concat, plugins
 from rxf.config import RXFConfig
 from rxf.discovery import Targets, discover
 from rxf.divergence import reduce_positions
@@ -41,6 +42,8 @@ class RXFModel(nn.Module):
         self._sampler = plugins.noise_types()[config.noise_type]
         self._divergences = plugins.divergences()
         self._warned_precision = False
+        self._checked_dtype: torch.dtype | None = None
+        self._batch_norms: list[tuple[str, nn.Module]] | None = None
         self.consistency_loss: Tensor = torch.zeros(())
         self._stats: dict[str, Any] = {"mode": "none"}
         self._register_state_dict_hook(_strip_inner_prefix)
@@ -61,16 +64,60 @@ class RXFModel(nn.Module):
             return self._single_pass(args, kwargs, noisy=False, mode="eval")
         if cfg.r3f_lambda == 0:
             return self._single_pass(args, kwargs, noisy=True, mode="noise_only")
-        output = self.module(*args, **kwargs)
         inputs = ForwardInputs(args, kwargs)
-        with self._perturbed(inputs) as record:
-            noisy_output = self.module(*args, **kwargs)
-        divergence, name, positions = self._divergence(inputs, output, noisy_output)
+        if cfg.mode == "concat":
+            output, clean_logits, noisy_logits, record = self._concat_pass(inputs)
+        else:
+            output = self.module(*args, **kwargs)
+            with self._perturbed(inputs) as record:
+                noisy_output = self.module(*args, **kwargs)
+            clean_logits, noisy_logits = self._logits(output), self._logits(noisy_output)
+        divergence, name, positions = self._divergence(inputs, output, clean_logits, noisy_logits)
         self.consistency_loss = cfg.r3f_lambda * divergence
         _add_to_loss(output, self.consistency_loss)
-        self._record("two_pass", record, divergence=divergence.detach(), divergence_name=name,
-                     positions=positions)
+        self._record(
+            cfg.mode,
+            record,
+            divergence=divergence.detach(),
+            divergence_name=name,
+            positions=positions,
+        )
         return output
+
+    def _concat_pass(self, inputs: ForwardInputs) -> tuple[Any, Tensor, Tensor, PerturbationRecord]:
+        """One forward over ``cat([x, x])``, noise on the second half; see :mod:`rxf.concat`."""
+        if self._batch_norms is None:
+            self._batch_norms = concat.batch_norm_modules(self.module)
+        concat.check_batch_independent(self._batch_norms)
+        batch = concat.batch_size_of(inputs)
+        doubled = concat.double_inputs(inputs, batch)
+        cfg = self.rxf_config
+        mask = plugins.input_mask(self.module, inputs) if cfg.noise_type == "neftune" else None
+        with concat.perturb_second_half(
+            self.rxf_targets.embedding,
+            self._sampler,
+            cfg.eps,
+            batch,
+            detach=cfg.detach_noisy_embedding,
+            mask=mask,
+        ) as record:
+            output = self.module(*doubled.args, **doubled.kwargs)
+        logits = self._logits(output)
+        if logits.dim() == 0 or logits.shape[0] != 2 * batch:
+            raise RXFError(
+                f"concat mode: the logits have shape {tuple(logits.shape)}, expected the doubled "
+                f"batch {2 * batch} first. Use RXFConfig(mode='two_pass')."
+            )
+        if (
+            not isinstance(inputs.kwargs.get(concat.LABELS), Tensor)
+            and _loss_of(output) is not None
+        ):
+            raise RXFError(
+                "concat mode: the model returned a loss but got no `labels=` keyword, so rxf "
+                "cannot keep the noisy half out of it. Pass the targets as labels=..., or use "
+                "RXFConfig(mode='two_pass')."
+            )
+        return concat.clean_half(output, batch), logits[:batch], logits[batch:], record
 
     @property
     def last_stats(self) -> dict[str, Any]:
@@ -79,8 +126,9 @@ class RXFModel(nn.Module):
         the cast to its dtype), ``embedding_dtype``, ``positions``."""
         return {k: (v.item() if isinstance(v, Tensor) else v) for k, v in self._stats.items()}
 
-    def _single_pass(self, args: tuple[Any, ...], kwargs: dict[str, Any], noisy: bool,
-                     mode: str) -> Any:
+    def _single_pass(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], noisy: bool, mode: str
+    ) -> Any:
         ref = next(iter(self.module.parameters()), None)
         self.consistency_loss = torch.zeros((), device=ref.device if ref is not None else None)
         if not noisy:
@@ -95,19 +143,27 @@ class RXFModel(nn.Module):
         mask = None
         if self.rxf_config.noise_type == "neftune":
             mask = plugins.input_mask(self.module, inputs)
-        return perturb(self.rxf_targets.embedding, self._sampler, self.rxf_config.eps,
-                       detach=self.rxf_config.detach_noisy_embedding, mask=mask)
+        return perturb(
+            self.rxf_targets.embedding,
+            self._sampler,
+            self.rxf_config.eps,
+            detach=self.rxf_config.detach_noisy_embedding,
+            mask=mask,
+        )
 
-    def _divergence(self, inputs: ForwardInputs, clean: Any, noisy: Any
-                    ) -> tuple[Tensor, str, int | Tensor]:
-        clean_logits = plugins.extract_logits(self.module, clean)
-        noisy_logits = plugins.extract_logits(self.module, noisy)
-        if clean_logits is None or noisy_logits is None:
+    def _logits(self, output: Any) -> Tensor:
+        logits = plugins.extract_logits(self.module, output)
+        if logits is None:
             raise RXFError(
                 f"rxf could not find logits in the output of {type(self.module).__name__} "
-                f"({type(clean).__name__}); return a tensor, a tuple starting with the logits, "
+                f"({type(output).__name__}); return a tensor, a tuple starting with the logits, "
                 f"or an object with .logits, or add an rxf_extract_logits plugin."
             )
+        return logits
+
+    def _divergence(
+        self, inputs: ForwardInputs, clean: Any, clean_logits: Tensor, noisy_logits: Tensor
+    ) -> tuple[Tensor, str, int | Tensor]:
         cfg = self.rxf_config
         name = cfg.regression_divergence if clean_logits.shape[-1] == 1 else cfg.divergence
         per_position = self._divergences[name](clean_logits, noisy_logits)
@@ -135,30 +191,57 @@ class RXFModel(nn.Module):
         self._stats = stats
 
     def _check_precision(self, record: PerturbationRecord) -> None:
+        """Warn once when ``eps`` is below the spacing of the embedding dtype at the
+        embedding's RMS (the noise is then mostly rounded away by the cast back).
+
+        Checked when the embedding dtype changes (first forward, ``model.half()``, ...), not
+        every step: reading the RMS is a host sync.
+        """
         eps = self.rxf_config.eps
-        if self._warned_precision or eps == 0 or record.dtype in (None, torch.float32,
-                                                                   torch.float64):
+        if record.dtype == self._checked_dtype or self._warned_precision or eps == 0:
             return
-        assert record.signal_rms is not None and record.dtype is not None
+        self._checked_dtype = record.dtype
+        if (
+            record.dtype is None
+            or not record.dtype.is_floating_point
+            or torch.finfo(record.dtype).bits >= 32
+            or record.signal_rms is None
+        ):
+            return
         rms = float(record.signal_rms)
-        resolution = 2.0 ** torch.floor(torch.log2(torch.tensor(max(rms, 1e-30)))).item() * \
-            torch.finfo(record.dtype).eps
-        if eps < resolution / 2:
+        spacing = resolution_at(rms, record.dtype)
+        if eps < spacing:
             self._warned_precision = True
+            survived = float(record.noise_rms) if record.noise_rms is not None else float("nan")
             warnings.warn(
-                f"eps={eps:g} is below half the resolution of {record.dtype} at the embedding's "
-                f"RMS ({rms:.3g}: spacing {resolution:.3g}), so most of the noise is rounded "
-                f"away; raise eps to at least {resolution:.2g} or keep the embedding in float32 "
-                f"(autocast does). last_stats['noise_to_signal'] shows what survives.",
-                RXFPrecisionWarning, stacklevel=4,
+                f"eps={eps:g} is below the resolution of {record.dtype} at the embedding's RMS "
+                f"({rms:.3g}: spacing {spacing:.3g}), so most of the noise is rounded away "
+                f"(noise RMS after the cast {survived:.3g}). Raise eps to at least {spacing:.2g} "
+                f"or keep the embedding in float32 (autocast does); "
+                f"last_stats['noise_to_signal'] shows what survives.",
+                RXFPrecisionWarning,
+                stacklevel=4,
             )
+
+
+def resolution_at(value: float, dtype: torch.dtype) -> float:
+    """The spacing between neighbouring ``dtype`` numbers around ``|value|`` (its ulp).
+
+    Example:
+        >>> resolution_at(0.02, torch.bfloat16)  # 2**-6 · 2**-7
+        0.0001220703125
+    """
+    info = torch.finfo(dtype)
+    exponent = max(math.floor(math.log2(max(abs(value), info.tiny))), math.log2(info.tiny))
+    return float(2.0**exponent * info.eps)
 
 
 def _forward_with_signature_of(module: nn.Module) -> types.FunctionType:
     """A copy of RXFModel.forward whose signature is the inner forward's (HF Trainer reads it)."""
     base = RXFModel.forward
-    fn = types.FunctionType(base.__code__, base.__globals__, base.__name__,
-                            base.__defaults__, base.__closure__)
+    fn = types.FunctionType(
+        base.__code__, base.__globals__, base.__name__, base.__defaults__, base.__closure__
+    )
     fn.__doc__, fn.__qualname__ = base.__doc__, base.__qualname__
     try:
         inner = inspect.signature(module.forward)
@@ -169,6 +252,13 @@ def _forward_with_signature_of(module: nn.Module) -> types.FunctionType:
     return fn
 
 
+def _loss_of(output: Any) -> Tensor | None:
+    loss = getattr(output, "loss", None)
+    if loss is None and isinstance(output, dict):
+        loss = output.get("loss")
+    return loss if isinstance(loss, Tensor) else None
+
+
 def _add_to_loss(output: Any, term: Tensor) -> None:
     loss = getattr(output, "loss", None)
     if isinstance(loss, Tensor):
@@ -177,21 +267,23 @@ def _add_to_loss(output: Any, term: Tensor) -> None:
         output["loss"] = output["loss"] + term
 
 
-def _strip_inner_prefix(module: nn.Module, state_dict: dict[str, Any], prefix: str,
-                        local_metadata: Any) -> None:
+def _strip_inner_prefix(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any
+) -> None:
     inner = prefix + _INNER + "."
     for key in [k for k in state_dict if k.startswith(inner)]:
-        state_dict[prefix + key[len(inner):]] = state_dict.pop(key)
+        state_dict[prefix + key[len(inner) :]] = state_dict.pop(key)
 
 
 def _add_inner_prefix(state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
     inner = prefix + _INNER + "."
     for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(inner)]:
-        state_dict[inner + key[len(prefix):]] = state_dict.pop(key)
+        state_dict[inner + key[len(prefix) :]] = state_dict.pop(key)
 
 
-def wrap(model: nn.Module, config: RXFConfig | Mapping[str, Any] | None = None,
-         **overrides: Any) -> RXFModel:
+def wrap(
+    model: nn.Module, config: RXFConfig | Mapping[str, Any] | None = None, **overrides: Any
+) -> RXFModel:
     """Put ``model`` under R3F (R4F with ``spectral_norm_head=True``).
 
     ``config`` is an :class:`RXFConfig` or a mapping of its fields; keyword ``overrides``
@@ -216,8 +308,11 @@ def wrap(model: nn.Module, config: RXFConfig | Mapping[str, Any] | None = None,
     if not isinstance(model, nn.Module):
         raise TypeError(f"rxf.wrap expects a torch.nn.Module, got {type(model).__name__}")
     base = config if isinstance(config, RXFConfig) else RXFConfig.from_dict(config or {})
-    cfg = RXFConfig.from_dict({**base.model_dump(exclude_unset=True), **overrides}) \
-        if overrides else base
+    cfg = (
+        RXFConfig.from_dict({**base.model_dump(exclude_unset=True), **overrides})
+        if overrides
+        else base
+    )
     return RXFModel(model, cfg, discover(model, cfg, apply_r4f=True))
 
 
@@ -235,6 +330,8 @@ def unwrap(model: nn.Module) -> nn.Module:
     if isinstance(model, nn.parallel.DistributedDataParallel):
         model = model.module
     if not isinstance(model, RXFModel):
-        raise RXFError(f"rxf.unwrap expects a model returned by rxf.wrap, got {type(model).__name__}")
+        raise RXFError(
+            f"rxf.unwrap expects a model returned by rxf.wrap, got {type(model).__name__}"
+        )
     remove_spectral_norm(model.rxf_targets.spectral_linears)
     return model.module
