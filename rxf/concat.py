@@ -127,8 +127,11 @@ def clean_half(output: Any, batch: int) -> Any:
     if isinstance(output, (tuple, list)):
         return type(output)(clean_half(v, batch) for v in output)
     if dataclasses.is_dataclass(output) and not isinstance(output, type):
-        changes = {f.name: clean_half(getattr(output, f.name), batch)
-                   for f in dataclasses.fields(output) if f.init}
+        changes = {
+            f.name: clean_half(getattr(output, f.name), batch)
+            for f in dataclasses.fields(output)
+            if f.init
+        }
         return dataclasses.replace(output, **changes)
     return output
 
@@ -148,8 +151,9 @@ def check_batch_independent(modules: list[tuple[str, nn.Module]]) -> None:
 
 def batch_norm_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Every BatchNorm-like module (``_BatchNorm``, incl. SyncBatchNorm) of ``model``."""
-    return [(n, m) for n, m in model.named_modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    return [
+        (n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+    ]
 
 
 @contextmanager
