@@ -215,9 +215,10 @@ class RXFModel(nn.Module):
             survived = float(record.noise_rms) if record.noise_rms is not None else float("nan")
             warnings.warn(
                 f"eps={eps:g} is below the resolution of {record.dtype} at the embedding's RMS "
-                f"({rms:.3g}: spacing {spacing:.3g}), so most of the noise is rounded away "
-                f"(noise RMS after the cast {survived:.3g}). Raise eps to at least {spacing:.2g} "
-                f"or keep the embedding in float32 (autocast does); "
+                f"({rms:.3g}: spacing {spacing:.3g}); the cast back to {record.dtype} rounds "
+                f"the noise of many elements (typically half or more) to zero and the rest to "
+                f"multiples of the spacing (noise RMS after the cast: {survived:.3g}). Raise eps "
+                f"to at least {spacing:.2g}, or keep the embedding in float32 (autocast does); "
                 f"last_stats['noise_to_signal'] shows what survives.",
                 RXFPrecisionWarning,
                 stacklevel=4,
