@@ -1,4 +1,4 @@
-"""RXFConfig: every knob of R3F/R4F, validated; loadable from dicts, JSON, YAML and fairseq flags."""
+"""RXFConfig: every knob of R3F/R4F, validated; loaded from dicts, JSON, YAML or fairseq flags."""
 
 from __future__ import annotations
 
@@ -30,20 +30,26 @@ class RXFConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
 
     eps: float = Field(
-        1e-5, ge=0, allow_inf_nan=False,
+        1e-5,
+        ge=0,
+        allow_inf_nan=False,
         description="Noise scale: half-width for 'uniform', standard deviation for 'normal', "
         "α for 'neftune'. 0 turns the noise off.",
     )
     r3f_lambda: float = Field(
-        1.0, ge=0, allow_inf_nan=False,
+        1.0,
+        ge=0,
+        allow_inf_nan=False,
         description="Weight λ of the consistency term. 0 means noise only: one noisy pass, "
         "no second forward (the NEFTune use).",
     )
     noise_type: str = Field(
-        "uniform", description="A registered noise type: 'uniform', 'normal', 'neftune', or a plugin's."
+        "uniform",
+        description="A registered noise type: 'uniform', 'normal', 'neftune', or a plugin's.",
     )
     divergence: str = Field(
-        "symmetric_kl", description="Divergence for class logits: 'symmetric_kl', 'kl', 'js', or a plugin's."
+        "symmetric_kl",
+        description="Divergence for class logits: 'symmetric_kl', 'kl', 'js', or a plugin's.",
     )
     regression_divergence: str = Field(
         "mse", description="Divergence used instead when the logits have one output (regression)."
@@ -52,24 +58,31 @@ class RXFConfig(BaseModel):
         False, description="R4F: spectral normalization on the classification head."
     )
     spectral_norm_scope: Literal["final", "all"] = Field(
-        "final", description="R4F on the head's final Linear only (the reference) or on every Linear."
+        "final",
+        description="R4F on the head's final Linear only (the reference) or on every Linear.",
     )
     detach_noisy_embedding: bool = Field(
-        True, description="Noisy pass uses emb.detach() + z (reference classification criterion); "
+        True,
+        description="Noisy pass uses emb.detach() + z (reference classification criterion); "
         "False lets the noisy pass's gradient reach the embedding (reference seq2seq criterion).",
     )
     embedding: str | None = Field(
-        None, description="Dotted path of the module whose output gets the noise; found by plugins if unset."
+        None,
+        description="Dotted path of the module whose output gets the noise; "
+        "found by plugins if unset.",
     )
     head: str | None = Field(
-        None, description="Dotted path of the classification head for R4F; found by plugins if unset."
+        None,
+        description="Dotted path of the classification head for R4F; found by plugins if unset.",
     )
     token_reduction: Literal["mean", "reference"] = Field(
-        "mean", description="Token-level outputs: 'mean' over real tokens, or 'reference' "
+        "mean",
+        description="Token-level outputs: 'mean' over real tokens, or 'reference' "
         "(sum over all positions / batch size, as fairseq).",
     )
     mode: Literal["two_pass", "concat"] = Field(
-        "two_pass", description="'two_pass': clean and noisy forwards one after the other; "
+        "two_pass",
+        description="'two_pass': clean and noisy forwards one after the other; "
         "'concat': one forward over the doubled batch (exact without batch-coupled layers; "
         "refuses BatchNorm in training mode; the model's loss must ignore label -100).",
     )

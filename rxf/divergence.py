@@ -105,7 +105,10 @@ def _scalar(
 
 
 def symmetric_kl(
-    clean: Tensor, noisy: Tensor, mask: Tensor | None = None, token_reduction: TokenReduction = "mean"
+    clean: Tensor,
+    noisy: Tensor,
+    mask: Tensor | None = None,
+    token_reduction: TokenReduction = "mean",
 ) -> Tensor:
     """KL_S(P, Q) = KL(P‖Q) + KL(Q‖P) of the softmaxes, summed over classes, mean over examples.
 
@@ -122,21 +125,30 @@ def symmetric_kl(
 
 
 def kl(
-    clean: Tensor, noisy: Tensor, mask: Tensor | None = None, token_reduction: TokenReduction = "mean"
+    clean: Tensor,
+    noisy: Tensor,
+    mask: Tensor | None = None,
+    token_reduction: TokenReduction = "mean",
 ) -> Tensor:
     """KL(P‖Q), P = softmax(clean), Q = softmax(noisy); reduced like :func:`symmetric_kl`."""
     return _scalar(kl_per_position, clean, noisy, mask, token_reduction)
 
 
 def js(
-    clean: Tensor, noisy: Tensor, mask: Tensor | None = None, token_reduction: TokenReduction = "mean"
+    clean: Tensor,
+    noisy: Tensor,
+    mask: Tensor | None = None,
+    token_reduction: TokenReduction = "mean",
 ) -> Tensor:
     """Jensen-Shannon divergence of the softmaxes; reduced like :func:`symmetric_kl`."""
     return _scalar(js_per_position, clean, noisy, mask, token_reduction)
 
 
 def mse(
-    clean: Tensor, noisy: Tensor, mask: Tensor | None = None, token_reduction: TokenReduction = "mean"
+    clean: Tensor,
+    noisy: Tensor,
+    mask: Tensor | None = None,
+    token_reduction: TokenReduction = "mean",
 ) -> Tensor:
-    """Squared error of real-valued outputs (regression heads); reduced like :func:`symmetric_kl`."""
+    """Squared error of real-valued outputs (regression heads), reduced like symmetric_kl."""
     return _scalar(mse_per_position, clean, noisy, mask, token_reduction)

@@ -28,14 +28,22 @@ class Explanation:
         cfg = self.config
         rows = [
             ("model", self.model),
-            ("embedding (noise)", f"{self.embedding} ({self.embedding_module}, "
-                                  f"by {self.embedding_plugin})"),
-            ("noise", f"{cfg.noise_type}, eps={cfg.eps:g}, "
-                      f"detach={cfg.detach_noisy_embedding}"),
-            ("divergence", f"{cfg.divergence} (regression: {cfg.regression_divergence}), "
-                           f"lambda={cfg.r3f_lambda:g}, token_reduction={cfg.token_reduction}"),
-            ("head (R4F)", f"{self.head} (by {self.head_plugin}, scope "
-                           f"{cfg.spectral_norm_scope})" if self.head else "off"),
+            (
+                "embedding (noise)",
+                f"{self.embedding} ({self.embedding_module}, by {self.embedding_plugin})",
+            ),
+            ("noise", f"{cfg.noise_type}, eps={cfg.eps:g}, detach={cfg.detach_noisy_embedding}"),
+            (
+                "divergence",
+                f"{cfg.divergence} (regression: {cfg.regression_divergence}), "
+                f"lambda={cfg.r3f_lambda:g}, token_reduction={cfg.token_reduction}",
+            ),
+            (
+                "head (R4F)",
+                f"{self.head} (by {self.head_plugin}, scope {cfg.spectral_norm_scope})"
+                if self.head
+                else "off",
+            ),
             ("logits", self.logits),
         ]
         width = max(len(k) for k, _ in rows)
@@ -66,7 +74,9 @@ def explain(model: nn.Module, config: RXFConfig | None = None, **overrides: Any)
             cfg = RXFConfig.from_dict({**cfg.model_dump(exclude_unset=True), **overrides})
         inner, targets = model, discover(model, cfg)
     pm = plugins.plugin_manager()
-    logit_plugins = [impl.plugin_name for impl in reversed(pm.hook.rxf_extract_logits.get_hookimpls())]
+    logit_plugins = [
+        impl.plugin_name for impl in reversed(pm.hook.rxf_extract_logits.get_hookimpls())
+    ]
     return Explanation(
         model=type(inner).__name__,
         embedding=targets.embedding_name,

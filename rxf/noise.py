@@ -73,4 +73,3 @@ BUILTIN_NOISE_TYPES: dict[str, NoiseSampler] = {
     "normal": normal_noise,
     "neftune": neftune_noise,
 }
-

@@ -69,8 +69,16 @@ def test_from_json_and_yaml(tmp_path) -> None:
 
 def test_from_fairseq_flags() -> None:
     argv = [
-        "data-bin/RTE", "--lr", "1e-5", "--eps", "1e-6", "--r3f-lambda", "0.7",
-        "--noise-type", "normal", "--spectral-norm-classification-head",
+        "data-bin/RTE",
+        "--lr",
+        "1e-5",
+        "--eps",
+        "1e-6",
+        "--r3f-lambda",
+        "0.7",
+        "--noise-type",
+        "normal",
+        "--spectral-norm-classification-head",
     ]
     cfg = RXFConfig.from_fairseq_args(argv)
     assert cfg == RXFConfig(eps=1e-6, r3f_lambda=0.7, noise_type="normal", spectral_norm_head=True)
@@ -82,6 +90,11 @@ def test_from_fairseq_flags() -> None:
 
 
 def test_from_fairseq_namespace() -> None:
-    ns = argparse.Namespace(eps=1e-4, r3f_lambda=2.0, noise_type="uniform",
-                            spectral_norm_classification_head=False, lr=[1e-5])
+    ns = argparse.Namespace(
+        eps=1e-4,
+        r3f_lambda=2.0,
+        noise_type="uniform",
+        spectral_norm_classification_head=False,
+        lr=[1e-5],
+    )
     assert RXFConfig.from_fairseq_args(ns) == RXFConfig(eps=1e-4, r3f_lambda=2.0)

@@ -29,7 +29,9 @@ def test_symmetric_kl_matches_torch_distributions() -> None:
     torch.manual_seed(1)
     p, q = torch.randn(6, 4), torch.randn(6, 4)
     P, Q = torch.distributions.Categorical(logits=p), torch.distributions.Categorical(logits=q)
-    expected = (torch.distributions.kl_divergence(P, Q) + torch.distributions.kl_divergence(Q, P)).mean()
+    expected = (
+        torch.distributions.kl_divergence(P, Q) + torch.distributions.kl_divergence(Q, P)
+    ).mean()
     assert torch.allclose(D.symmetric_kl(p, q), expected, atol=1e-6)
 
 
@@ -113,10 +115,12 @@ def test_token_level_mean_over_mask_and_reference_reduction() -> None:
     torch.manual_seed(8)
     p, q = torch.randn(2, 4, 5), torch.randn(2, 4, 5)
     mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]], dtype=torch.bool)
-    per = torch.stack([
-        torch.stack([two_direction_kl(p[b, t : t + 1], q[b, t : t + 1]) for t in range(4)])
-        for b in range(2)
-    ])
+    per = torch.stack(
+        [
+            torch.stack([two_direction_kl(p[b, t : t + 1], q[b, t : t + 1]) for t in range(4)])
+            for b in range(2)
+        ]
+    )
     expected_mean = per[mask].sum() / 4
     expected_reference = per.sum() / 2
     assert torch.allclose(D.symmetric_kl(p, q, mask).double(), expected_mean, atol=1e-6)

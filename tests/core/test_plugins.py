@@ -88,7 +88,9 @@ PLUGIN_PACKAGE = {
 PROBE = """
 import json, sys, torch, rxf
 loaded_at_import = "rxf_thirdparty_example" in sys.modules
-frameworks = sorted(m for m in sys.modules if m.split(".")[0] in {"transformers", "timm", "fairseq"})
+frameworks = sorted(
+    m for m in sys.modules if m.split(".")[0] in {"transformers", "timm", "fairseq"}
+)
 class Net(torch.nn.Module):  # two embeddings: the defaults alone cannot choose
     def __init__(self):
         super().__init__()
@@ -119,8 +121,19 @@ def installed_plugin(tmp_path_factory) -> Path:
         (src / name).write_text(textwrap.dedent(text))
     target = tmp_path_factory.mktemp("site")
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
-         "--no-build-isolation", "--target", str(target), str(src)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-index",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(src),
+        ],
         check=True,
     )
     return target
@@ -128,8 +141,9 @@ def installed_plugin(tmp_path_factory) -> Path:
 
 def run_probe(site: Path, **env: str) -> dict:
     environ = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), *sys.path]), **env}
-    done = subprocess.run([sys.executable, "-c", PROBE], env=environ, capture_output=True,
-                          text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE], env=environ, capture_output=True, text=True, check=True
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -159,9 +173,18 @@ def test_import_rxf_imports_no_framework_and_no_torch() -> None:
 def test_public_api_snapshot() -> None:
     assert rxf.__all__ == sorted(rxf.__all__)
     assert set(rxf.__all__) == {
-        "Explanation", "ForwardInputs", "RXFConfig", "RXFError", "RXFModel",
-        "RXFPrecisionWarning", "__version__", "explain", "hookimpl", "plugin_manager",
-        "unwrap", "wrap",
+        "Explanation",
+        "ForwardInputs",
+        "RXFConfig",
+        "RXFError",
+        "RXFModel",
+        "RXFPrecisionWarning",
+        "__version__",
+        "explain",
+        "hookimpl",
+        "plugin_manager",
+        "unwrap",
+        "wrap",
     }
     assert all(getattr(rxf, name) is not None for name in rxf.__all__)
     assert isinstance(rxf.wrap(TinyClassifier()), nn.Module)
