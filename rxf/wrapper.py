@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from rxf import concat, plugins
+from rxf.batchnorm import frozen_batchnorm_stats
 from rxf.config import RXFConfig
 from rxf.discovery import Targets, discover
 from rxf.divergence import reduce_positions
@@ -69,7 +70,7 @@ class RXFModel(nn.Module):
             output, clean_logits, noisy_logits, record = self._concat_pass(inputs)
         else:
             output = self.module(*args, **kwargs)
-            with self._perturbed(inputs) as record:
+            with self._perturbed(inputs) as record, frozen_batchnorm_stats(self.module):
                 noisy_output = self.module(*args, **kwargs)
             clean_logits, noisy_logits = self._logits(output), self._logits(noisy_output)
         divergence, name, positions = self._divergence(inputs, output, clean_logits, noisy_logits)
