@@ -1,1 +1,47 @@
-"""rxf adapter for fairseq (placeholder package, filled by its issue)."""
+"""rxf adapter for fairseq-style models (duck-typed: fairseq itself is not needed).
+
+Registered through the ``rxf`` entry-point group. It recognises models whose class comes
+from fairseq or whose ``forward`` takes ``src_tokens``, and tells rxf:
+
+* the embedding: ``encoder.sentence_encoder.embed_tokens`` (RoBERTa),
+  ``encoder.embed_tokens`` (transformer, BART; a shared decoder table stays clean because
+  only the first lookup of a pass gets noise), ``decoder.embed_tokens`` (language models);
+* the head for R4F: the one ``classification_heads[name]`` (its final Linear, ``out_proj``);
+* the token mask: non-padding ``prev_output_tokens`` (seq2seq) or ``src_tokens``.
+
+Logits come from ``(logits, extra)`` tuples through rxf's defaults. The reference
+criteria live in :mod:`rxf_fairseq.criteria`.
+
+Example:
+    >>> import rxf_fairseq
+    >>> rxf_fairseq.reference_config("sentence_prediction_r3f", r3f_lambda=0.7).noise_type
+    'uniform'
+"""
+
+from rxf_fairseq.criteria import (
+    LabelSmoothedCrossEntropyR3F,
+    SentencePredictionR3F,
+    label_smoothed_nll_loss,
+    reference_config,
+)
+from rxf_fairseq.hooks import (
+    is_fairseq_style,
+    rxf_find_embedding,
+    rxf_find_head,
+    rxf_input_mask,
+    rxf_token_mask,
+    token_embedding,
+)
+
+__all__ = [
+    "LabelSmoothedCrossEntropyR3F",
+    "SentencePredictionR3F",
+    "is_fairseq_style",
+    "label_smoothed_nll_loss",
+    "reference_config",
+    "rxf_find_embedding",
+    "rxf_find_head",
+    "rxf_input_mask",
+    "rxf_token_mask",
+    "token_embedding",
+]
