@@ -1,0 +1,128 @@
+"""RXFCallback: the regularizer's numbers in the Trainer's logs.
+
+Built on first access of ``rxf_transformers.RXFCallback``, so importing the plugin does not
+import ``transformers``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from torch import nn
+
+from rxf.errors import RXFError
+from rxf.wrapper import RXFModel
+
+LOGGED = ("divergence", "consistency_loss", "noise_to_signal")
+_cache: dict[str, type] = {}
+
+
+def find_rxf_model(model: Any) -> RXFModel | None:
+    """The :class:`rxf.RXFModel` in ``model`` or under its ``.module`` chain (DDP, accelerate)."""
+    for _ in range(8):
+        if isinstance(model, RXFModel):
+            return model
+        model = getattr(model, "module", None) if isinstance(model, nn.Module) else None
+    return None
+
+
+class StatsMeter:
+    """Means of ``last_stats`` numbers over the forwards since the last log.
+
+    Example:
+        >>> meter = StatsMeter()
+        >>> meter.add({"mode": "two_pass", "divergence": 1.0}); meter.add({"divergence": 3.0})
+        >>> meter.flush()
+        {'rxf_divergence': 2.0}
+    """
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, stats: dict[str, Any]) -> None:
+        for key in LOGGED:
+            value = stats.get(key)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self.sums[key] = self.sums.get(key, 0.0) + float(value)
+                self.counts[key] = self.counts.get(key, 0) + 1
+
+    def flush(self) -> dict[str, float]:
+        means = {f"rxf_{key}": self.sums[key] / self.counts[key] for key in self.sums}
+        self.sums, self.counts = {}, {}
+        return means
+
+
+def callback_class() -> type:
+    """The ``RXFCallback`` class (a ``transformers.TrainerCallback``), built once."""
+    if "callback" not in _cache:
+        _cache["callback"] = _build()
+    return _cache["callback"]
+
+
+def _build() -> type:
+    from transformers import TrainerCallback
+
+    class RXFCallback(TrainerCallback):
+        """Adds ``rxf_divergence``, ``rxf_consistency_loss`` and ``rxf_noise_to_signal``
+        (means over the training forwards since the previous log) to the Trainer's logs.
+
+        Checks at the start of training that the model is wrapped by :func:`rxf.wrap`, and
+        refuses ``label_smoothing_factor`` under the plain ``Trainer``: it pops the labels
+        before the forward, so the model's loss (and the R3F term in it) is never computed.
+        :class:`rxf_transformers.RXFTrainer` keeps them and adds the term itself.
+
+        Example:
+            >>> trainer = Trainer(model=rxf.wrap(model), args=args,  # doctest: +SKIP
+            ...                   train_dataset=data, callbacks=[RXFCallback()])
+        """
+
+        def __init__(self) -> None:
+            self.meter = StatsMeter()
+            self.keeps_labels = False
+
+        def on_train_begin(
+            self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any
+        ) -> None:
+            if find_rxf_model(model) is None:
+                raise RXFError(
+                    f"RXFCallback: the Trainer's model ({type(model).__name__}) is not wrapped "
+                    f"by rxf; pass model=rxf.wrap(model) to the Trainer."
+                )
+            if getattr(args, "label_smoothing_factor", 0) and not self.keeps_labels:
+                raise RXFError(
+                    "label_smoothing_factor makes transformers.Trainer pop the labels before the "
+                    "forward, so the R3F term never reaches the loss; use "
+                    "rxf_transformers.RXFTrainer (same arguments), which keeps them."
+                )
+            self.meter = StatsMeter()
+
+        def _collect(self, model: Any) -> None:
+            wrapped = find_rxf_model(model)
+            if wrapped is not None and wrapped.training:
+                self.meter.add(wrapped.last_stats)
+
+        def on_substep_end(
+            self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any
+        ) -> None:
+            self._collect(model)
+
+        def on_step_end(
+            self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any
+        ) -> None:
+            self._collect(model)
+
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any
+        ) -> None:
+            if logs is None or "loss" not in logs:
+                return
+            metrics = self.meter.flush()
+            logs.update(metrics)
+            history = state.log_history
+            if history and history[-1].get("loss") == logs["loss"]:
+                history[-1].update(metrics)
+
+    RXFCallback.__module__ = "rxf_transformers"
+    return RXFCallback

@@ -1,0 +1,53 @@
+"""The rxf hook implementations for Hugging Face transformers models.
+
+Each hook answers only for models that look like a ``PreTrainedModel`` and returns ``None``
+for anything else, so other plugins and the built-in defaults are asked next.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from rxf.hookspecs import hookimpl
+from rxf.inputs import ForwardInputs
+from rxf_transformers import families, masks
+
+
+@hookimpl
+def rxf_find_embedding(model: nn.Module) -> nn.Module | None:
+    """The token-embedding lookup (the encoder's, for seq2seq) or a vision model's stem."""
+    if not families.is_transformers_model(model):
+        return None
+    return families.token_embedding(model)
+
+
+@hookimpl
+def rxf_find_head(model: nn.Module) -> nn.Module | None:
+    """``classifier`` / ``classification_head`` / ``score``; refuses generation heads."""
+    if not families.is_transformers_model(model):
+        return None
+    return families.classification_head(model)
+
+
+@hookimpl
+def rxf_extract_logits(model: nn.Module, output: Any) -> Tensor | None:
+    """``output.logits`` of a ``ModelOutput`` (or the ``"logits"`` key of a dict)."""
+    if not families.is_transformers_model(model):
+        return None
+    logits = getattr(output, "logits", None)
+    if logits is None and isinstance(output, dict):
+        logits = output.get("logits")
+    return logits if isinstance(logits, Tensor) else None
+
+
+@hookimpl
+def rxf_token_mask(model: nn.Module, inputs: ForwardInputs, output: Any) -> Tensor | None:
+    """Labels-aware position mask: seq2seq, shifted for causal LMs, plain otherwise."""
+    if not families.is_transformers_model(model):
+        return None
+    logits = rxf_extract_logits(model, output)
+    if logits is None or logits.dim() != 3:
+        return None
+    return masks.token_mask(model, inputs, logits)
