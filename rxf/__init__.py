@@ -19,20 +19,20 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rxf.config import RXFConfig
     from rxf.errors import RXFError, RXFPrecisionWarning
-    from rxf.explain import Explanation, explain
+    from rxf.explanation import Explanation, explain
     from rxf.hookspecs import hookimpl
     from rxf.inputs import ForwardInputs
     from rxf.plugins import plugin_manager
     from rxf.wrapper import RXFModel, unwrap, wrap
 
 _EXPORTS = {
-    "Explanation": "rxf.explain",
+    "Explanation": "rxf.explanation",
     "ForwardInputs": "rxf.inputs",
     "RXFConfig": "rxf.config",
     "RXFError": "rxf.errors",
     "RXFModel": "rxf.wrapper",
     "RXFPrecisionWarning": "rxf.errors",
-    "explain": "rxf.explain",
+    "explain": "rxf.explanation",
     "hookimpl": "rxf.hookspecs",
     "plugin_manager": "rxf.plugins",
     "unwrap": "rxf.wrapper",

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import pkgutil
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
 
 import pytest
@@ -186,5 +189,9 @@ def test_public_api_snapshot() -> None:
         "unwrap",
         "wrap",
     }
-    assert all(getattr(rxf, name) is not None for name in rxf.__all__)
+    for info in pkgutil.walk_packages(rxf.__path__, "rxf."):  # no submodule shadows a name
+        if not info.name.startswith("rxf.cli"):
+            importlib.import_module(info.name)
+    for name in rxf.__all__:
+        assert not isinstance(getattr(rxf, name), types.ModuleType), name
     assert isinstance(rxf.wrap(TinyClassifier()), nn.Module)
