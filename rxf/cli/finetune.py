@@ -1,0 +1,151 @@
+"""``rxf finetune``: standard vs R3F vs R4F over seeds, resumable, with table and plots.
+
+Example:
+    >>> from rxf.cli.config import FinetuneConfig
+    >>> cfg = FinetuneConfig.model_validate({"seeds": 1, "methods": ["standard", "r3f"]})
+    >>> summary = run(cfg)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+import torch
+
+import rxf
+from rxf.cli import data, models, report, train
+from rxf.cli import plots as plotting
+from rxf.cli.config import FinetuneConfig
+from rxf.cli.store import RunStore
+
+
+def fingerprint(cfg: FinetuneConfig) -> dict[str, Any]:
+    """The settings a finished run depends on (methods, seeds and output excluded, so adding
+    seeds or methods reuses the runs already made)."""
+    dump = cfg.model_dump(mode="json", exclude={"methods", "seeds", "output"})
+    for key in ("threads", "device", "eval_batch_size"):
+        dump["train"].pop(key)
+    return dump
+
+
+def run(
+    cfg: FinetuneConfig,
+    *,
+    restart: bool = False,
+    progress: bool = True,
+    plots: bool = True,
+    out: TextIO | None = None,
+) -> list[dict[str, Any]]:
+    """Run every (method, seed) not yet on disk; write the table and plots; return the summary.
+
+    Data, model and regularizer settings are all checked before the first step. On Ctrl-C
+    the finished runs stay on disk and a partial table (no plots) is written before
+    re-raising.
+    """
+    out = out or sys.stdout
+    if cfg.train.threads is not None:
+        torch.set_num_threads(cfg.train.threads)
+    train_set, eval_set = data.split(cfg.data)
+    num_labels = len(train_set.label_names)
+    store = RunStore(cfg.output, fingerprint(cfg))
+    store.check(restart)
+    print(
+        f"data: {cfg.data.dataset}: {len(train_set)} training / {len(eval_set)} evaluation "
+        f"examples, {num_labels} classes ({', '.join(train_set.label_names)})",
+        file=out,
+    )
+    _show_targets(cfg, num_labels, out)
+
+    plan = [(method, seed) for seed in cfg.seeds for method in cfg.methods]
+    results: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    complete = False
+    try:
+        for i, (method, seed) in enumerate(plan, 1):
+            saved = store.load(method, seed)
+            if saved is not None:
+                print(
+                    f"[{i}/{len(plan)}] {method} seed {seed}: done before "
+                    f"(accuracy {100 * saved['accuracy']:.1f}%), skipped",
+                    file=out,
+                )
+                results.append(saved)
+                continue
+            task, module = train.prepare(
+                cfg.model, num_labels, method, seed, cfg.rxf, cfg.train.device
+            )
+            result = train.fit(
+                task,
+                module,
+                train_set,
+                eval_set,
+                cfg.train,
+                method=method,
+                seed=seed,
+                label=f"[{i}/{len(plan)}] {method} seed {seed}",
+                progress=progress,
+            ).to_dict()
+            store.save(method, seed, result)
+            results.append(result)
+            print(
+                f"[{i}/{len(plan)}] {method} seed {seed}: accuracy "
+                f"{100 * result['accuracy']:.1f}%, macro-F1 {100 * result['macro_f1']:.1f}%, "
+                f"{result['wall_seconds']:.1f} s",
+                file=out,
+            )
+        complete = True
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted: {len(results)} of {len(plan)} runs are saved in {store.runs}; "
+            f"run the same command again to finish the rest",
+            file=out,
+        )
+        raise
+    finally:
+        _write_outputs(cfg, results, complete, plots and complete, time.perf_counter() - start, out)
+    return report.summarize(results, cfg.methods)
+
+
+def _show_targets(cfg: FinetuneConfig, num_labels: int, out: TextIO) -> None:
+    """Build the model once (this validates the checkpoint) and show what rxf hooks."""
+    if cfg.methods == ["standard"]:
+        return
+    train.seed_everything(0)
+    task = models.build(cfg.model, num_labels)
+    spectral = "r4f" in cfg.methods
+    print(rxf.explain(task.module, cfg.rxf, spectral_norm_head=spectral), file=out)
+
+
+def _write_outputs(
+    cfg: FinetuneConfig,
+    results: list[dict[str, Any]],
+    complete: bool,
+    with_plots: bool,
+    seconds: float,
+    out: TextIO,
+) -> None:
+    if not results:
+        return
+    rows = report.summarize(results, cfg.methods)
+    about = {
+        "model": cfg.model.name,
+        "dataset": cfg.data.dataset,
+        "train / eval per class": f"{cfg.data.train_per_class} / {cfg.data.eval_per_class}",
+        "epochs": cfg.train.epochs,
+        "batch size": cfg.train.batch_size,
+        "lr": cfg.train.lr,
+        "max length": cfg.model.max_length if cfg.model.kind == "text" else "n/a",
+        "rxf": f"eps={cfg.rxf.eps:g}, lambda={cfg.rxf.r3f_lambda:g}, "
+        f"noise={cfg.rxf.noise_type}, divergence={cfg.rxf.divergence}",
+        "seeds": ", ".join(str(s) for s in cfg.seeds),
+        "this command's wall time (s)": round(seconds, 1),
+        "config": cfg.model_dump(mode="json"),
+    }
+    cfg.output.mkdir(parents=True, exist_ok=True)
+    written = list(report.write(cfg.output, rows, results, about, complete))
+    if with_plots:
+        written += plotting.plot_all(results, cfg.methods, cfg.output)
+    print("\n" + report.markdown(rows), file=out)
+    print(f"wrote {', '.join(str(p) for p in written)}", file=out)

@@ -1,0 +1,80 @@
+"""PNG plots of ``rxf finetune``: learning curves per method and the metric's spread over seeds.
+
+Example:
+    >>> runs = [{"method": "standard", "seed": 0, "accuracy": 0.8, "macro_f1": 0.8,
+    ...          "losses": [1.0, 0.5], "curve": [{"step": 2, "accuracy": 0.8}]}]
+    >>> paths = plot_all(runs, ["standard"], Path(tempfile.mkdtemp()))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+_COLORS = {"standard": "#4c72b0", "r3f": "#dd8452", "r4f": "#55a868"}
+
+
+def plot_all(runs: Sequence[dict[str, Any]], methods: Sequence[str], folder: Path) -> list[Path]:
+    """Write ``learning_curves.png`` and ``seed_spread.png``; return their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    curves, spread = folder / "learning_curves.png", folder / "seed_spread.png"
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
+    for method in methods:
+        mine = [r for r in runs if r["method"] == method]
+        if not mine:
+            continue
+        color = _COLORS.get(method)
+        for i, run in enumerate(mine):
+            steps = [p["step"] for p in run["curve"]]
+            accs = [100 * p["accuracy"] for p in run["curve"]]
+            ax_acc.plot(steps, accs, "o-", color=color, alpha=0.6, label=method if i == 0 else None)
+            ax_loss.plot(
+                range(1, len(run["losses"]) + 1),
+                _smooth(run["losses"]),
+                color=color,
+                alpha=0.6,
+                label=method if i == 0 else None,
+            )
+    ax_acc.set(xlabel="step", ylabel="eval accuracy (%)", title="Evaluation accuracy (each seed)")
+    ax_loss.set(
+        xlabel="step",
+        ylabel="training loss (moving average)",
+        title="Training loss incl. consistency term",
+    )
+    for ax in (ax_acc, ax_loss):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(curves, dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    for ax, metric, name in zip(
+        axes, ("accuracy", "macro_f1"), ("accuracy", "macro-F1"), strict=True
+    ):
+        for x, method in enumerate(methods):
+            values = [100 * r[metric] for r in runs if r["method"] == method]
+            if not values:
+                continue
+            ax.scatter([x] * len(values), values, color=_COLORS.get(method), alpha=0.7, s=40)
+            ax.hlines(sum(values) / len(values), x - 0.25, x + 0.25, color="black")
+        ax.set_xticks(range(len(methods)), list(methods))
+        ax.set(ylabel=f"final {name} (%)", title=f"{name} over seeds (bar = mean)")
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(spread, dpi=110)
+    plt.close(fig)
+    return [curves, spread]
+
+
+def _smooth(values: Sequence[float], window: int = 5) -> list[float]:
+    out = []
+    for i in range(len(values)):
+        part = values[max(0, i - window + 1) : i + 1]
+        out.append(sum(part) / len(part))
+    return out

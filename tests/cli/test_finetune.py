@@ -1,0 +1,206 @@
+"""``rxf finetune`` end to end on a tiny BERT and a tiny CSV: outputs, numbers, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rxf.cli import main, train
+from tests.cli.conftest import write_config
+
+QUICK = ["--no-progress", "--no-plots"]
+
+
+def tiny_config(
+    tmp_path: Path,
+    model: Path,
+    csv: Path,
+    extra: str = "",
+    methods: str = "[standard, r3f, r4f]",
+    seeds: int = 2,
+    epochs: int = 3,
+) -> Path:
+    return write_config(
+        tmp_path,
+        f"""
+model: {{name: {model}, max_length: 16}}
+data: {{dataset: {csv.name}, classes: [pos, neg], train_per_class: 6, eval_per_class: 4}}
+train: {{epochs: {epochs}, batch_size: 4, lr: 0.001, eval_every: 1, eval_batch_size: 8}}
+methods: {methods}
+seeds: {seeds}
+rxf: {{eps: 0.1}}
+output: {tmp_path / "out"}
+{extra}""",
+    )
+
+
+def counting_fit(
+    monkeypatch: pytest.MonkeyPatch, stop_at: int | None = None, fake: bool = False
+) -> list[Any]:
+    """Replace train.fit by a wrapper that records (method, seed) and can raise Ctrl-C;
+    ``fake`` skips the training and returns a fixed result."""
+    calls: list[Any] = []
+    real = train.fit
+
+    def fit(*args: Any, **kwargs: Any) -> Any:
+        calls.append((kwargs["method"], kwargs["seed"]))
+        if stop_at is not None and len(calls) == stop_at:
+            raise KeyboardInterrupt
+        if fake:
+            return train.RunResult(
+                kwargs["method"],
+                kwargs["seed"],
+                0.5,
+                0.5,
+                1,
+                0.1,
+                0.1,
+                0.1,
+                [{"epoch": 1, "step": 1, "accuracy": 0.5, "macro_f1": 0.5}],
+            )
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "fit", fit)
+    return calls
+
+
+def test_end_to_end_writes_table_json_and_plots(
+    tiny_bert: Path, tiny_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tiny_config(tmp_path, tiny_bert, tiny_csv)
+    assert main(["finetune", str(config), "--no-progress"]) == 0
+    out = tmp_path / "out"
+    printed = capsys.readouterr().out
+    assert "bert.embeddings.word_embeddings" in printed  # rxf.explain shown before training
+    assert "| r4f | 2 |" in printed
+
+    result = json.loads((out / "results.json").read_text())
+    assert result["complete"] is True
+    runs = result["runs"]
+    assert sorted((r["method"], r["seed"]) for r in runs) == sorted(
+        (m, s) for m in ("standard", "r3f", "r4f") for s in (0, 1)
+    )
+    for run in runs:
+        assert run["steps"] == 3 * 3  # 12 examples / batch 4, 3 epochs
+        assert len(run["losses"]) == run["steps"] and len(run["curve"]) == 3
+        assert run["accuracy"] == run["curve"][-1]["accuracy"]
+        assert 0 <= run["accuracy"] <= 1 and run["seconds_per_step"] > 0
+        # the consistency term is zero without rxf and positive with it (noise arrived)
+        if run["method"] == "standard":
+            assert set(run["consistency"]) == {0.0}
+        else:
+            assert all(c > 0 for c in run["consistency"])
+    for row in result["summary"]:
+        accs = [r["accuracy"] for r in runs if r["method"] == row["method"]]
+        assert row["accuracy_mean"] == pytest.approx(statistics.mean(accs))
+        assert row["accuracy_std"] == pytest.approx(statistics.stdev(accs))
+        assert row["accuracy_best"] == max(accs)
+    table = (out / "results.md").read_text()
+    assert table.count("\n| ") == 4 and "Partial" not in table  # header + 3 methods
+    for png in ("learning_curves.png", "seed_spread.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_same_seed_same_result_and_r4f_differs(
+    tiny_bert: Path, tiny_csv: Path, tmp_path: Path
+) -> None:
+    """A run is a function of (config, method, seed): rerunning from scratch reproduces it."""
+    config = tiny_config(tmp_path, tiny_bert, tiny_csv, methods="[r3f, r4f]", seeds=1)
+    assert main(["finetune", str(config), *QUICK]) == 0
+    first = json.loads((tmp_path / "out" / "results.json").read_text())["runs"]
+    assert main(["finetune", str(config), *QUICK, "--restart"]) == 0
+    again = json.loads((tmp_path / "out" / "results.json").read_text())["runs"]
+    assert [r["losses"] for r in first] == [r["losses"] for r in again]
+    assert first[0]["losses"] != first[1]["losses"]  # spectral norm changes the training
+
+
+def test_interrupt_keeps_finished_runs_and_rerun_skips_them(
+    tiny_bert: Path,
+    tiny_csv: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = tiny_config(tmp_path, tiny_bert, tiny_csv)
+    runs = tmp_path / "out" / "runs"
+    calls = counting_fit(monkeypatch, stop_at=2)
+    assert main(["finetune", str(config), *QUICK]) == 130
+    assert calls == [("standard", 0), ("r3f", 0)]
+    assert sorted(p.name for p in runs.glob("*.json")) == ["standard-seed0.json"]
+    kept = (runs / "standard-seed0.json").read_bytes()
+    assert "Partial" in (tmp_path / "out" / "results.md").read_text()
+    assert "interrupted: 1 of 6 runs are saved" in capsys.readouterr().out
+
+    calls = counting_fit(monkeypatch)
+    assert main(["finetune", str(config), *QUICK]) == 0
+    assert ("standard", 0) not in calls and len(calls) == 5
+    assert (runs / "standard-seed0.json").read_bytes() == kept
+    assert "standard seed 0: done before" in capsys.readouterr().out
+    assert len(json.loads((tmp_path / "out" / "results.json").read_text())["runs"]) == 6
+
+
+def test_more_seeds_reuse_finished_runs_but_other_settings_are_refused(
+    tiny_bert: Path,
+    tiny_csv: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = tiny_config(tmp_path, tiny_bert, tiny_csv, methods="[standard]", seeds=1, epochs=1)
+    assert main(["finetune", str(config), *QUICK]) == 0
+    calls = counting_fit(monkeypatch)
+    config = tiny_config(tmp_path, tiny_bert, tiny_csv, methods="[standard]", seeds=2, epochs=1)
+    assert main(["finetune", str(config), *QUICK]) == 0
+    assert calls == [("standard", 1)]
+
+    changed = tiny_config(tmp_path, tiny_bert, tiny_csv, methods="[standard]", seeds=2, epochs=2)
+    capsys.readouterr()
+    assert main(["finetune", str(changed), *QUICK]) == 2
+    err = capsys.readouterr().err
+    assert "holds runs made with other settings (changed: train.epochs)" in err
+    assert calls == [("standard", 1)]
+    assert main(["finetune", str(changed), *QUICK, "--restart"]) == 0
+    assert calls[1:] == [("standard", 0), ("standard", 1)]
+
+
+def test_ctrl_c_on_the_real_command(
+    tiny_bert: Path, tiny_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGINT to a running ``rxf finetune`` after its first finished seed; the rerun skips it."""
+    config = tiny_config(tmp_path, tiny_bert, tiny_csv, methods="[standard]", seeds=6, epochs=20)
+    runs = tmp_path / "out" / "runs"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+        "OMP_NUM_THREADS": "1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rxf.cli", "finetune", str(config), *QUICK],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    deadline = time.monotonic() + 120
+    while not list(runs.glob("*.json")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    finished = sorted(p.name for p in runs.glob("*.json"))
+    assert "standard-seed0.json" in finished and len(finished) < 6, out
+    assert "interrupted" in out
+
+    calls = counting_fit(monkeypatch, fake=True)
+    assert main(["finetune", str(config), *QUICK]) == 0
+    done_before = {int(name.split("seed")[1].split(".")[0]) for name in finished}
+    assert {seed for _, seed in calls} == set(range(6)) - done_before
