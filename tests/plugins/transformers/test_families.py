@@ -46,8 +46,11 @@ def test_first_norm_input_differs_by_exactly_the_noise(name: str, noise_recorder
     (noise,) = noise_recorder.samples
     clean, noisy = capture.inputs[family.first_norm]
     diff = (noisy - clean)[:, family.skip_first :]
-    # exactly the sample: not scaled (mBART's embed_scale is sqrt(32)), not normalized
+    # exactly the sample, not normalized; and for HF's scaled lookups (mBART here) not
+    # multiplied by embed_scale: the noise lands on the lookup module's (scaled) output
     torch.testing.assert_close(diff, noise, atol=2e-6, rtol=0)
+    if name == "mbart":
+        assert model.get_encoder().embed_tokens.embed_scale == pytest.approx(32**0.5)
     assert eps * 0.9 < noise.abs().max() <= eps
     if family.skip_first:
         assert torch.equal(noisy[:, : family.skip_first], clean[:, : family.skip_first])

@@ -115,3 +115,21 @@ def test_plain_trainer_with_label_smoothing_is_refused(tmp_path) -> None:
 def test_callback_needs_a_wrapped_model(tmp_path) -> None:
     with pytest.raises(rxf.RXFError, match=r"rxf\.wrap"):
         train(make_model("bert"), rows("bert"), tmp_path, callbacks=[RXFCallback()])
+
+
+def test_rxf_trainer_weighs_the_term_like_the_smoothed_loss_under_accumulation(tmp_path) -> None:
+    wrapped = rxf.wrap(make_model("t5"), eps=0.5)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), label_smoothing_factor=0.1, report_to=[], use_cpu=True
+    )
+    trainer = RXFTrainer(model=wrapped, args=args)
+    batch = make_batch("t5")
+    counted = (batch["labels"] != -100).sum()
+    torch.manual_seed(5)
+    per_batch = trainer.compute_loss(wrapped, dict(batch))
+    assert wrapped.last_stats["consistency_loss"] > 1e-6
+    # half of an accumulated batch: the smoothed loss is a sum over twice as many tokens,
+    # and the term must shrink with it, so the whole loss halves
+    torch.manual_seed(5)
+    half = trainer.compute_loss(wrapped, dict(batch), num_items_in_batch=2 * counted)
+    torch.testing.assert_close(half, per_batch / 2, rtol=1e-5, atol=1e-7)
