@@ -51,12 +51,12 @@ def test_weights_map_onto_timm_and_recognise_real_photos() -> None:
 
 @pytest.fixture(scope="module")
 def digits() -> tuple[torch.Tensor, torch.Tensor]:
-    """Three real 8x8 digits per class, grey levels to [0, 1], resized to 64x64 RGB."""
+    """Three real 8x8 digits per class, grey levels to [0, 1], resized to 48x48 RGB."""
     data = datasets.load_digits()
     target = torch.tensor(data.target)
     rows = torch.cat([torch.nonzero(target == c)[:3, 0] for c in range(10)])
     pixels = torch.tensor(data.images[rows.numpy()], dtype=torch.float32) / 16
-    images = F.interpolate(pixels[:, None], size=(64, 64), mode="bilinear").repeat(1, 3, 1, 1)
+    images = F.interpolate(pixels[:, None], size=(48, 48), mode="bilinear").repeat(1, 3, 1, 1)
     return images, target[rows]
 
 
