@@ -180,7 +180,8 @@ class RXFModel(nn.Module):
             raise RXFError(
                 f"the embedding module {self.rxf_targets.embedding_name!r} was not called during "
                 f"the noisy pass, so no noise reached the model; point RXFConfig(embedding=...) "
-                f"at the module that embeds this model's inputs."
+                f"at the module that embeds this model's inputs (and compile the wrapped model, "
+                f"not a part of it: compiled code ignores hooks added later)."
             )
         stats: dict[str, Any] = {"mode": mode, "embedding_dtype": str(record.dtype)}
         if record.signal_rms is not None and record.noise_rms is not None:
@@ -309,6 +310,12 @@ def wrap(
         )
     if not isinstance(model, nn.Module):
         raise TypeError(f"rxf.wrap expects a torch.nn.Module, got {type(model).__name__}")
+    if hasattr(model, "_orig_mod") or getattr(model, "_compiled_call_impl", None) is not None:
+        raise RXFError(
+            "rxf.wrap got a compiled model (torch.compile / Module.compile): compiled code "
+            "ignores the forward hook rxf adds to the embedding, so no noise would arrive. "
+            "Compile the wrapped model instead: torch.compile(rxf.wrap(model))."
+        )
     base = config if isinstance(config, RXFConfig) else RXFConfig.from_dict(config or {})
     cfg = (
         RXFConfig.from_dict({**base.model_dump(exclude_unset=True), **overrides})
