@@ -1,7 +1,7 @@
 """RXFTrainer: ``transformers.Trainer`` for a wrapped model, with label smoothing that keeps R3F.
 
 The plain ``Trainer`` already trains a wrapped model (the term is inside ``output.loss``).
-Three things need a subclass:
+Four things need a subclass:
 
 * ``label_smoothing_factor``: the plain Trainer pops ``labels`` before the forward, so the
   model computes no loss, the term is never added, and the token mask cannot see the labels.
@@ -9,6 +9,10 @@ Three things need a subclass:
 * ``label_names``: the Trainer reads them from the model's *class* signature, which for the
   wrapper is ``(*args, **kwargs)``; RXFTrainer reads them from the inner model's class, so
   evaluation reports ``eval_loss``.
+* gradient accumulation with causal LMs: their loss is a token sum over
+  ``num_items_in_batch`` (the whole accumulated batch), which the Trainer then does not
+  divide; RXFTrainer weighs the term by the micro-batch's token share the same way, so
+  ``r3f_lambda`` means the same at any ``gradient_accumulation_steps``.
 * RXFCallback runs first among the callbacks, so loggers (TensorBoard, ...) see its numbers.
 """
 
@@ -73,33 +77,57 @@ def _build() -> type:
             return_outputs: bool = False,
             num_items_in_batch: Any = None,
         ) -> Any:
-            if self.label_smoother is None or "labels" not in inputs:
-                return super().compute_loss(
-                    model,
-                    inputs,
-                    return_outputs=return_outputs,
-                    num_items_in_batch=num_items_in_batch,
-                )
-            labels = inputs["labels"]
-            if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
-                inputs = {**inputs, "num_items_in_batch": num_items_in_batch}
-            outputs = model(**inputs)
+            labels = inputs.get("labels")
             shift = shifts_labels(self.rxf_model.module)
+            if self.label_smoother is None or labels is None:
+                loss, outputs = super().compute_loss(
+                    model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+                )
+                if shift and labels is not None and self._normalized(num_items_in_batch):
+                    # HF causal-LM losses are token sums / num_items_in_batch: weigh the term
+                    # alike, so that lambda means the same at any gradient_accumulation_steps
+                    term = self.rxf_model.consistency_loss
+                    share = _token_share(inputs, labels, shift, num_items_in_batch)
+                    scale = self._device_scale(num_items_in_batch)
+                    loss = loss + (share - 1) * term.to(loss.device) * scale
+                return (loss, outputs) if return_outputs else loss
+            if self._normalized(num_items_in_batch):
+                inputs = {**inputs, "num_items_in_batch": num_items_in_batch}
+            outputs = model(**inputs)  # the labels stay: token mask and model loss see them
             loss = self.label_smoother(
                 outputs, labels, shift_labels=shift, num_items_in_batch=num_items_in_batch
             )
             term = self.rxf_model.consistency_loss
             if num_items_in_batch is not None:
-                counted = labels[..., 1:] if shift else labels
-                term = term * counted.ne(IGNORE_INDEX).sum() / num_items_in_batch
-            loss = loss + term.to(loss.device)
-            if num_items_in_batch is not None and getattr(
+                term = term * _token_share(inputs, labels, shift, num_items_in_batch)
+            loss = (loss + term.to(loss.device)) * self._device_scale(num_items_in_batch)
+            return (loss, outputs) if return_outputs else loss
+
+        def _normalized(self, num_items_in_batch: Any) -> bool:
+            """Whether the Trainer passes ``num_items_in_batch`` to the model (and then does
+            not divide the loss by the accumulation steps)."""
+            return num_items_in_batch is not None and bool(self.model_accepts_loss_kwargs)
+
+        def _device_scale(self, num_items_in_batch: Any) -> int:
+            """The factor ``Trainer.compute_loss`` applies when tokens are averaged across
+            devices (1 on one process)."""
+            if num_items_in_batch is None or not getattr(
                 self.args, "average_tokens_across_devices", False
             ):
-                tp_size = self.get_tp_size() if hasattr(self, "get_tp_size") else 1
-                scale = self.accelerator.num_processes // tp_size
-                loss = loss * (scale if self.args.n_gpu <= 1 else self.args.n_gpu)
-            return (loss, outputs) if return_outputs else loss
+                return 1
+            if not (self.model_accepts_loss_kwargs or self.compute_loss_func):
+                return 1
+            tp_size = self.get_tp_size() if hasattr(self, "get_tp_size") else 1
+            scale = self.accelerator.num_processes // tp_size
+            return int(scale if self.args.n_gpu <= 1 else self.args.n_gpu)
 
     RXFTrainer.__module__ = "rxf_transformers"
     return RXFTrainer
+
+
+def _token_share(inputs: dict[str, Any], labels: Any, shift: bool, num_items_in_batch: Any) -> Any:
+    """This micro-batch's share of the counted tokens, as the Trainer counts them."""
+    counted = inputs.get("shift_labels")
+    if counted is None:
+        counted = labels[..., 1:] if shift else labels
+    return counted.ne(IGNORE_INDEX).sum() / num_items_in_batch

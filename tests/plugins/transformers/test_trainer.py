@@ -133,3 +133,38 @@ def test_rxf_trainer_weighs_the_term_like_the_smoothed_loss_under_accumulation(t
     torch.manual_seed(5)
     half = trainer.compute_loss(wrapped, dict(batch), num_items_in_batch=2 * counted)
     torch.testing.assert_close(half, per_batch / 2, rtol=1e-5, atol=1e-7)
+
+
+def fixed_noise(embeddings: torch.Tensor, eps: float, mask: Any = None) -> torch.Tensor:
+    """The same vector eps * cos(0..d-1) on every token: no RNG involved."""
+    pattern = eps * torch.cos(torch.arange(embeddings.shape[-1], dtype=torch.float32))
+    return pattern.expand(embeddings.shape).clone()
+
+
+class FixedNoise:
+    """Noise that uses no RNG, so runs with different micro-batch splits see the same noise."""
+
+    @rxf.hookimpl
+    def rxf_register_noise_types(self) -> dict[str, Any]:
+        return {"fixed": fixed_noise}
+
+
+def test_rxf_trainer_keeps_lambda_independent_of_accumulation_for_causal_lms(tmp_path) -> None:
+    plugin = FixedNoise()
+    rxf.plugin_manager().register(plugin, name="fixed-noise")
+    try:
+        data, extra = rows("gpt2"), {}
+        for steps in (1, 2):
+            split = {
+                "per_device_train_batch_size": 4 // steps,
+                "gradient_accumulation_steps": steps,
+            }
+            plain = step_logs(train(make_model("gpt2"), data, tmp_path / f"p{steps}", **split))
+            wrapped = rxf.wrap(make_model("gpt2"), eps=0.3, noise_type="fixed")
+            logs = step_logs(train(wrapped, data, tmp_path / f"w{steps}", RXFTrainer, **split))
+            extra[steps] = logs[0]["loss"] - plain[0]["loss"]
+    finally:
+        rxf.plugin_manager().unregister(plugin)
+    # one batch of 4, or two micro-batches of 2: the same token-mean term on the same data
+    assert extra[1] > 1e-4
+    assert extra[2] == pytest.approx(extra[1], rel=1e-3)
