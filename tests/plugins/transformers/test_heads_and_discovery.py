@@ -120,3 +120,12 @@ def test_the_plugin_is_registered_and_imports_no_framework() -> None:
     assert rxf.plugin_manager().get_plugin("transformers") is rxf_transformers
     code = "import sys, rxf_transformers; assert 'transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_the_docs_table_lists_every_tested_family() -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[3] / "docs" / "transformers.md").read_text()
+    for family in FAMILIES.values():
+        row = f"| `{family.model_class}` | `{family.embedding}` | `{family.first_norm}`"
+        assert row in text, family.model_class
