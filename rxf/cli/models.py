@@ -220,7 +220,7 @@ def images_to_tensor(
                 array = np.asarray(image.convert("RGB" if channels == 3 else "L"))
         else:
             array = np.asarray(item)
-        x = torch.as_tensor(array, dtype=torch.float32)
+        x = torch.tensor(array, dtype=torch.float32)
         if array.dtype == np.uint8:
             x = x / 255.0
         x = x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)

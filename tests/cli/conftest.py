@@ -62,13 +62,15 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def sentences(n: int, seed: int = 0) -> list[tuple[str, str]]:
-    """``n`` examples per class of three classes (pos / neg / neutral), keyed by words."""
+    """``n`` distinct examples per class of three classes (pos / neg / neutral), keyed by
+    words."""
     rng = random.Random(seed)
-    rows = []
+    rows: list[tuple[str, str]] = []
     for label, words in (("pos", POSITIVE), ("neg", NEGATIVE), ("neu", NEUTRAL)):
-        for _ in range(n):
+        while sum(y == label for _, y in rows) < n:
             text = " ".join(rng.choice(FILLER) for _ in range(3)) + " " + rng.choice(words)
-            rows.append((text, label))
+            if (text, label) not in rows:
+                rows.append((text, label))
     rng.shuffle(rows)
     return rows
 
