@@ -64,7 +64,8 @@ class RXFConfig(BaseModel):
     detach_noisy_embedding: bool = Field(
         True,
         description="Noisy pass uses emb.detach() + z (reference classification criterion); "
-        "False lets the noisy pass's gradient reach the embedding (reference seq2seq criterion).",
+        "False lets the noisy pass's gradient reach the embedding (reference seq2seq criterion). "
+        "Ignored when r3f_lambda=0: the single noisy pass then always trains the embedding.",
     )
     embedding: str | None = Field(
         None,

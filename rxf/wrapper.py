@@ -70,7 +70,8 @@ class RXFModel(nn.Module):
             output, clean_logits, noisy_logits, record = self._concat_pass(inputs)
         else:
             output = self.module(*args, **kwargs)
-            with self._perturbed(inputs) as record, frozen_batchnorm_stats(self.module):
+            detach = cfg.detach_noisy_embedding
+            with self._perturbed(inputs, detach) as record, frozen_batchnorm_stats(self.module):
                 noisy_output = self.module(*args, **kwargs)
             clean_logits, noisy_logits = self._logits(output), self._logits(noisy_output)
         divergence, name, positions = self._divergence(inputs, output, clean_logits, noisy_logits)
@@ -135,12 +136,14 @@ class RXFModel(nn.Module):
         if not noisy:
             self._stats = {"mode": mode, "consistency_loss": 0.0}
             return self.module(*args, **kwargs)
-        with self._perturbed(ForwardInputs(args, kwargs)) as record:
+        # the noisy pass is the only (training) pass here: never detach, or the embedding
+        # would get no gradient at all (NEFTune, too, trains through its noisy embeddings)
+        with self._perturbed(ForwardInputs(args, kwargs), detach=False) as record:
             output = self.module(*args, **kwargs)
         self._record(mode, record)
         return output
 
-    def _perturbed(self, inputs: ForwardInputs) -> Any:
+    def _perturbed(self, inputs: ForwardInputs, detach: bool) -> Any:
         mask = None
         if self.rxf_config.noise_type == "neftune":
             mask = plugins.input_mask(self.module, inputs)
@@ -148,7 +151,7 @@ class RXFModel(nn.Module):
             self.rxf_targets.embedding,
             self._sampler,
             self.rxf_config.eps,
-            detach=self.rxf_config.detach_noisy_embedding,
+            detach=detach,
             mask=mask,
         )
 

@@ -154,3 +154,14 @@ def test_concat_eval_and_noise_only_run_one_plain_batch() -> None:
     wrapped = rxf.wrap(rxf.unwrap(wrapped), mode="concat").eval()
     assert wrapped(**batch).logits.shape == (4, 2)
     assert wrapped.last_stats["mode"] == "eval"
+
+
+def test_noise_only_pass_trains_the_embedding() -> None:
+    # λ=0 runs one noisy pass and nothing else: detaching it would freeze the embedding
+    model, batch = tiny_bert(), bert_batch()
+    wrapped = rxf.wrap(model, eps=0.1, r3f_lambda=0.0)  # detach_noisy_embedding=True default
+    wrapped(**batch).loss.backward()
+    table = model.bert.embeddings.word_embeddings.weight
+    assert table.grad is not None
+    seen = batch["input_ids"][batch["attention_mask"].bool()].unique()  # tokens that count
+    assert table.grad[seen].abs().sum(-1).gt(0).all()
