@@ -94,10 +94,11 @@ def _rxf_model(model: nn.Module) -> RXFModel:
 
 def _consistency(model: RXFModel, sample_size: int, active: bool) -> tuple[Tensor, Tensor]:
     """``λ·D·sample_size`` for the loss and ``D·sample_size`` for the log (D: divergence)."""
-    if not (active and model.training and "divergence" in model.last_stats):
+    stats = model.last_stats
+    if not (active and model.training and "divergence" in stats):
         zero = model.consistency_loss.new_zeros(())
         return zero, zero
-    divergence = torch.tensor(model.last_stats["divergence"])
+    divergence = torch.tensor(stats["divergence"])
     return model.consistency_loss * sample_size, divergence * sample_size
 
 
