@@ -2,8 +2,9 @@
 
 Every variant trains the same BERT-style classifier (built from a config, no downloads) on
 the same random batch. Steps of all variants are interleaved (a rotating order in every
-repetition), so a slow moment of the machine hits them alike; the table shows medians and
-ratios. Peak memory is measured in a separate pass (see ``docs/performance.md``).
+repetition), so a slow moment of the machine hits them alike; the table shows medians, and
+ratios as the median over repetitions of the per-repetition ratio. Peak memory is measured
+in a separate pass (see ``docs/performance.md``).
 
 Run:
     python benchmarks/step_time.py            # tiny and base size, a few minutes on 2 cores
@@ -273,9 +274,14 @@ def wrap_time(model: torch.nn.Module, runs: int = 20) -> tuple[float, float]:
     return first, statistics.median(samples)
 
 
+def paired_ratio(times: list[float], reference: list[float]) -> float:
+    """Median over repetitions of time / reference time of the same repetition: the two
+    ran seconds apart, so slow phases of the machine cancel out."""
+    return statistics.median(t / r for t, r in zip(times, reference, strict=True))
+
+
 def report(setting: Setting, times: dict[str, list[float]], memory: dict[str, float | None]) -> str:
     med = {n: statistics.median(t) for n, t in times.items()}
-    plain, hand = med["plain"], med["hand-written R3F"]
     lines = [
         f"### {setting.size}: batch {setting.batch} × {setting.seq} tokens, "
         f"{setting.reps} interleaved repetitions",
@@ -288,8 +294,10 @@ def report(setting: Setting, times: dict[str, list[float]], memory: dict[str, fl
         q = statistics.quantiles(times[name], n=4) if len(times[name]) > 1 else [value] * 3
         mem = memory.get(name)
         lines.append(
-            f"| {name} | {value * 1e3:.1f} | {(q[2] - q[0]) * 1e3:.1f} | {value / plain:.3f} | "
-            f"{value / hand:.3f} | {'n/a' if mem is None else f'{mem:.1f}'} |"
+            f"| {name} | {value * 1e3:.1f} | {(q[2] - q[0]) * 1e3:.1f} | "
+            f"{paired_ratio(times[name], times['plain']):.3f} | "
+            f"{paired_ratio(times[name], times['hand-written R3F']):.3f} | "
+            f"{'n/a' if mem is None else f'{mem:.1f}'} |"
         )
     return "\n".join(lines)
 
