@@ -1,7 +1,7 @@
 """RXFTrainer: ``transformers.Trainer`` for a wrapped model, with label smoothing that keeps R3F.
 
 The plain ``Trainer`` already trains a wrapped model (the term is inside ``output.loss``).
-Four things need a subclass:
+Five things need a subclass:
 
 * ``label_smoothing_factor``: the plain Trainer pops ``labels`` before the forward, so the
   model computes no loss, the term is never added, and the token mask cannot see the labels.
@@ -13,6 +13,11 @@ Four things need a subclass:
   ``num_items_in_batch`` (the whole accumulated batch), which the Trainer then does not
   divide; RXFTrainer weighs the term by the micro-batch's token share the same way, so
   ``r3f_lambda`` means the same at any ``gradient_accumulation_steps``.
+* saving: the Trainer writes a model that is not a ``PreTrainedModel`` as a bare
+  safetensors file (no ``config.json``; an error on tied weights such as GPT-2's
+  ``lm_head``). RXFTrainer saves the inner model with ``save_pretrained``; a final
+  ``save_model()`` bakes R4F's normalized weight in, so ``from_pretrained`` reads it
+  (checkpoints keep the parametrization, so training resumes exactly).
 * RXFCallback runs first among the callbacks, so loggers (TensorBoard, ...) see its numbers.
 """
 
@@ -23,6 +28,7 @@ from typing import Any
 from rxf.errors import RXFError
 from rxf_transformers.callback import callback_class, find_rxf_model
 from rxf_transformers.families import shifts_labels
+from rxf_transformers.saving import baked_state_dict
 
 IGNORE_INDEX = -100
 _cache: dict[str, type] = {}
@@ -102,6 +108,25 @@ def _build() -> type:
                 term = term * _token_share(inputs, labels, shift, num_items_in_batch)
             loss = (loss + term.to(loss.device)) * self._device_scale(num_items_in_batch)
             return (loss, outputs) if return_outputs else loss
+
+        def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+            self._rxf_final_save = not _internal_call
+            try:
+                super().save_model(output_dir, _internal_call)
+            finally:
+                self._rxf_final_save = False
+
+        def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
+            inner, linears = self.rxf_model.module, self.rxf_model.rxf_targets.spectral_linears
+            if getattr(self, "_rxf_final_save", False) and linears:
+                state_dict = baked_state_dict(inner, linears, state_dict)
+            # the Trainer saves a PreTrainedModel with save_pretrained (config, tied weights);
+            # anything else as a bare safetensors file, which fails on tied weights
+            wrapper, self.model = self.model, inner
+            try:
+                super()._save(output_dir, state_dict)
+            finally:
+                self.model = wrapper
 
         def _normalized(self, num_items_in_batch: Any) -> bool:
             """Whether the Trainer passes ``num_items_in_batch`` to the model (and then does

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch.nn.utils import parametrize
 
@@ -54,3 +56,56 @@ def test_save_pretrained_through_the_wrapper_keeps_the_inner_keys(tmp_path) -> N
         torch.testing.assert_close(
             reloaded(**batch).logits, wrapped(**batch).logits, atol=1e-6, rtol=0
         )
+
+
+def trainer_for(model: torch.nn.Module, name: str, tmp_path) -> Any:
+    from rxf_transformers import RXFTrainer
+
+    from .test_trainer import rows
+
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+        per_device_train_batch_size=4,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    return RXFTrainer(model=model, args=args, train_dataset=rows(name))
+
+
+def eval_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+def test_rxf_trainer_checkpoints_a_tied_model_with_save_pretrained(tmp_path) -> None:
+    wrapped = rxf.wrap(make_model("gpt2"), eps=0.1)
+    trainer_for(wrapped, "gpt2", tmp_path).train()  # the plain Trainer fails here: tied weights
+    checkpoint = tmp_path / "checkpoint-2"
+    assert (checkpoint / "config.json").is_file()
+    reloaded = transformers.GPT2LMHeadModel.from_pretrained(checkpoint)
+    batch = make_batch("gpt2")
+    torch.testing.assert_close(eval_logits(reloaded, batch), eval_logits(wrapped, batch))
+
+
+def test_rxf_trainer_final_save_bakes_r4f_and_checkpoints_keep_it(tmp_path) -> None:
+    from safetensors import safe_open
+
+    wrapped = rxf.wrap(make_model("roberta"), eps=0.1, spectral_norm_head=True)
+    trainer = trainer_for(wrapped, "roberta", tmp_path)
+    trainer.train()
+    with safe_open(str(tmp_path / "checkpoint-2" / "model.safetensors"), "pt") as f:
+        saved = set(f.keys())
+    assert "classifier.out_proj.parametrizations.weight.original" in saved  # resumable
+    trainer.save_model(str(tmp_path / "final"))
+    reloaded, info = transformers.RobertaForSequenceClassification.from_pretrained(
+        tmp_path / "final", output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    batch = make_batch("roberta")
+    torch.testing.assert_close(eval_logits(reloaded, batch), eval_logits(wrapped, batch))
+    assert parametrize.is_parametrized(wrapped.module.classifier.out_proj)  # still R4F
