@@ -45,6 +45,7 @@ def run(
     re-raising.
     """
     out = out or sys.stdout
+    start = time.perf_counter()
     if cfg.train.threads is not None:
         torch.set_num_threads(cfg.train.threads)
     train_set, eval_set = data.split(cfg.data)
@@ -60,7 +61,6 @@ def run(
 
     plan = [(method, seed) for seed in cfg.seeds for method in cfg.methods]
     results: list[dict[str, Any]] = []
-    start = time.perf_counter()
     complete = False
     try:
         for i, (method, seed) in enumerate(plan, 1):
@@ -73,6 +73,7 @@ def run(
                 )
                 results.append(saved)
                 continue
+            tic = time.perf_counter()
             task, module = train.prepare(
                 cfg.model, num_labels, method, seed, cfg.rxf, cfg.train.device
             )
@@ -87,6 +88,7 @@ def run(
                 label=f"[{i}/{len(plan)}] {method} seed {seed}",
                 progress=progress,
             ).to_dict()
+            result["wall_seconds"] = time.perf_counter() - tic  # model load included
             store.save(method, seed, result)
             results.append(result)
             print(

@@ -36,7 +36,7 @@ class RunResult:
     steps: int
     train_seconds: float
     wall_seconds: float
-    seconds_per_step: float
+    seconds_per_step: float  # optimiser steps only (forward, backward, update)
     curve: list[dict[str, float]] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     consistency: list[float] = field(default_factory=list)
