@@ -8,6 +8,8 @@ such models are refused (:func:`check_batch_independent`).
 The model's own loss must cover the clean half only. rxf passes ``labels`` as
 ``cat([labels, full_like(labels, -100)])``: every loss that ignores the index -100 (PyTorch's
 ``cross_entropy`` default, all Hugging Face heads) then equals the clean batch's loss exactly.
+Seq2seq models that derive decoder inputs from the labels get those built from the real
+labels first (:func:`with_decoder_inputs`).
 """
 
 from __future__ import annotations
@@ -57,6 +59,35 @@ def _first_batched(value: Any) -> Tensor | None:
             if found is not None:
                 return found
     return None
+
+
+def with_decoder_inputs(model: nn.Module, inputs: ForwardInputs) -> ForwardInputs:
+    """Seq2seq models that build their decoder inputs from ``labels`` (teacher forcing) get
+    them built from the real labels first, so masking the noisy half's labels cannot change
+    what its decoder reads.
+
+    Duck-typed: a model with ``prepare_decoder_input_ids_from_labels(labels=...)`` (Hugging
+    Face BART, T5, mBART, ...). Another encoder-decoder model (``config.is_encoder_decoder``)
+    with token-level labels and no decoder inputs is refused.
+    """
+    labels = inputs.kwargs.get(LABELS)
+    given = any(
+        inputs.kwargs.get(k) is not None for k in ("decoder_input_ids", "decoder_inputs_embeds")
+    )
+    if not isinstance(labels, Tensor) or labels.dim() < 2 or given:
+        return inputs
+    prepare = getattr(model, "prepare_decoder_input_ids_from_labels", None)
+    if callable(prepare):
+        return ForwardInputs(
+            inputs.args, {**inputs.kwargs, "decoder_input_ids": prepare(labels=labels)}
+        )
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        raise RXFError(
+            f"concat mode: {type(model).__name__} is an encoder-decoder model and may build its "
+            f"decoder inputs from labels, which rxf masks on the noisy half. Pass "
+            f"decoder_input_ids=... explicitly, or use RXFConfig(mode='two_pass')."
+        )
+    return inputs
 
 
 def double_inputs(inputs: ForwardInputs, batch: int) -> ForwardInputs:

@@ -92,7 +92,7 @@ class RXFModel(nn.Module):
             self._batch_norms = concat.batch_norm_modules(self.module)
         concat.check_batch_independent(self._batch_norms)
         batch = concat.batch_size_of(inputs)
-        doubled = concat.double_inputs(inputs, batch)
+        doubled = concat.double_inputs(concat.with_decoder_inputs(self.module, inputs), batch)
         cfg = self.rxf_config
         mask = plugins.input_mask(self.module, inputs) if cfg.noise_type == "neftune" else None
         with concat.perturb_second_half(

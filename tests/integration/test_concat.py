@@ -165,3 +165,63 @@ def test_noise_only_pass_trains_the_embedding() -> None:
     assert table.grad is not None
     seen = batch["input_ids"][batch["attention_mask"].bool()].unique()  # tokens that count
     assert table.grad[seen].abs().sum(-1).gt(0).all()
+
+
+def _gpt2() -> nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=100,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        n_positions=32,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    return GPT2LMHeadModel(config)
+
+
+def _t5() -> nn.Module:
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    config = T5Config(
+        vocab_size=100,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=2,
+        dropout_rate=0.0,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+    )
+    return T5ForConditionalGeneration(config)
+
+
+@pytest.mark.parametrize("build", [_gpt2, _t5], ids=["gpt2-causal-lm", "t5-seq2seq"])
+def test_concat_equals_two_pass_generation_models(fixed_noise_type: str, build) -> None:
+    # T5 builds its decoder inputs from labels: rxf must build them from the real labels
+    torch.manual_seed(0)
+    model = build()
+    ids = torch.randint(1, 100, (3, 8))
+    mask = torch.ones_like(ids)
+    mask[0, 5:] = 0
+    labels = ids.clone()
+    labels[0, 5:] = -100
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    _assert_same_step(model, batch, eps=0.1, noise_type=fixed_noise_type)
+
+
+class Seq2SeqWithoutPrepare(PooledNet):
+    config = type("Config", (), {"is_encoder_decoder": True})()
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
+        return {"logits": super().forward(input_ids)[0]}
+
+
+def test_concat_refuses_unknown_seq2seq_without_decoder_inputs() -> None:
+    batch = {"input_ids": torch.randint(0, 50, (2, 5)), "labels": torch.randint(0, 3, (2, 4))}
+    with pytest.raises(rxf.RXFError, match="decoder_input_ids"):
+        rxf.wrap(Seq2SeqWithoutPrepare(), mode="concat")(**batch)
