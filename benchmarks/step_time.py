@@ -92,7 +92,7 @@ def sym_kl_reference(clean: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
 
 def variants(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, Step]:
     """name -> one training step (forward, backward, SGD update) on the shared ``model``."""
-    opt = torch.optim.SGD(model.parameters(), lr=1e-6)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-6, foreach=False)  # no temporaries
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     embed = model.get_input_embeddings()
 
@@ -222,12 +222,17 @@ class PeakTracker(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         out = func(*args, **(kwargs or {}))
+        inputs = {
+            t.untyped_storage().data_ptr()
+            for t in tree_leaves((args, kwargs))
+            if isinstance(t, torch.Tensor)
+        }
         for tensor in tree_leaves(out):
             if not isinstance(tensor, torch.Tensor):
                 continue
             storage = tensor.untyped_storage()
             key, size = storage.data_ptr(), storage.nbytes()
-            if size == 0 or key in self.sizes:
+            if size == 0 or key in self.sizes or key in inputs:  # in-place: not new memory
                 continue
             self.sizes[key] = size
             self.live += size
