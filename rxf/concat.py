@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from rxf.errors import RXFError
 from rxf.inputs import ForwardInputs
 from rxf.noise import NoiseSampler
-from rxf.perturbation import PerturbationRecord, add_noise
+from rxf.perturbation import PerturbationRecord, add_noise, record_levels
 
 IGNORE_INDEX = -100
 LABELS = "labels"
@@ -226,12 +226,9 @@ def perturb_second_half(
                 f"the doubled batch {2 * batch} first. Use RXFConfig(mode='two_pass')."
             )
         clean, second = output[:batch], output[batch:]
-        noisy = add_noise(second, sampler(second, eps, mask=mask), detach)
-        with torch.no_grad():
-            reference = second.detach().float()
-            record.dtype = output.dtype
-            record.signal_rms = reference.pow(2).mean().sqrt()
-            record.noise_rms = (noisy.detach().float() - reference).pow(2).mean().sqrt()
+        noise = sampler(second, eps, mask=mask)
+        noisy = add_noise(second, noise, detach)
+        record_levels(record, second, noisy, noise)
         return torch.cat([clean, noisy])
 
     handle = module.register_forward_hook(hook)

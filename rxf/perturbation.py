@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,6 +35,29 @@ def add_noise(output: Tensor, noise: Tensor, detach: bool) -> Tensor:
     if base.dtype == torch.float32:
         return base + noise
     return (base.float() + noise).to(base.dtype)
+
+
+def record_levels(record: PerturbationRecord, output: Tensor, noisy: Tensor, noise: Tensor) -> None:
+    """Store ``output``'s dtype and the RMS of the signal and of the noise that reached the
+    model: fused reductions, no host sync.
+
+    For half-precision outputs the noise is measured after the cast back (``noisy − output``
+    in float32); in float32/64 that cast is the identity, so the sampled noise is measured.
+    """
+    with torch.no_grad():
+        clean = output.detach()
+        record.dtype = output.dtype
+        record.signal_rms = _rms(clean)
+        if output.dtype in (torch.float32, torch.float64):
+            record.noise_rms = _rms(noise)
+        else:
+            record.noise_rms = _rms(noisy.detach().float() - clean.float())
+
+
+def _rms(values: Tensor) -> Tensor:
+    half = values.dtype in (torch.float16, torch.bfloat16)
+    norm = torch.linalg.vector_norm(values, dtype=torch.float32 if half else None)
+    return norm / math.sqrt(max(values.numel(), 1))
 
 
 @contextmanager
@@ -72,11 +96,7 @@ def perturb(
             )
         noise = sampler(output, eps, mask=mask)
         noisy = add_noise(output, noise, detach)
-        with torch.no_grad():
-            clean = output.detach()
-            record.dtype = output.dtype
-            record.signal_rms = clean.float().pow(2).mean().sqrt()
-            record.noise_rms = (noisy.detach().float() - clean.float()).pow(2).mean().sqrt()
+        record_levels(record, output, noisy, noise)
         return noisy
 
     handle = module.register_forward_hook(hook)

@@ -126,7 +126,12 @@ class RXFModel(nn.Module):
         """Numbers of the last forward, for logging: ``mode``, ``divergence``,
         ``consistency_loss``, ``noise_to_signal`` (measured RMS ratio at the embedding, after
         the cast to its dtype), ``embedding_dtype``, ``positions``."""
-        return {k: (v.item() if isinstance(v, Tensor) else v) for k, v in self._stats.items()}
+        stats = dict(self._stats)
+        levels = stats.pop("_levels", None)
+        if levels is not None:  # computed on demand: nothing extra per step
+            noise_rms, signal_rms = (float(v) for v in levels)
+            stats["noise_to_signal"] = noise_rms / max(signal_rms, 1e-30)
+        return {k: (v.item() if isinstance(v, Tensor) else v) for k, v in stats.items()}
 
     def _single_pass(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], noisy: bool, mode: str
@@ -188,7 +193,7 @@ class RXFModel(nn.Module):
             )
         stats: dict[str, Any] = {"mode": mode, "embedding_dtype": str(record.dtype)}
         if record.signal_rms is not None and record.noise_rms is not None:
-            stats["noise_to_signal"] = record.noise_rms / record.signal_rms.clamp_min(1e-30)
+            stats["_levels"] = (record.noise_rms, record.signal_rms)
             self._check_precision(record)
         if "divergence" in extra:
             stats["consistency_loss"] = self.consistency_loss.detach()
