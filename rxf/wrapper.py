@@ -20,7 +20,7 @@ from rxf.divergence import reduce_positions
 from rxf.errors import RXFError, RXFPrecisionWarning
 from rxf.inputs import ForwardInputs
 from rxf.perturbation import PerturbationRecord, perturb
-from rxf.spectral import remove_spectral_norm
+from rxf.spectral import baked_state_dict, remove_spectral_norm
 
 _INNER = "module"
 
@@ -120,6 +120,20 @@ class RXFModel(nn.Module):
                 "RXFConfig(mode='two_pass')."
             )
         return concat.clean_half(output, batch), logits[:batch], logits[batch:], record
+
+    def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
+        """The inner model's ``save_pretrained`` with R4F's normalized weights baked in.
+
+        The files hold plain ``weight`` keys (``W / σ``, as :func:`unwrap` bakes), so the
+        framework's own ``from_pretrained`` reads them; the wrapped model is not changed.
+        """
+        save = getattr(self.module, "save_pretrained", None)
+        if not callable(save):
+            raise AttributeError(f"{type(self.module).__name__} has no save_pretrained")
+        linears = self.rxf_targets.spectral_linears
+        if linears and kwargs.get("state_dict") is None:
+            kwargs["state_dict"] = baked_state_dict(self.module, linears)
+        return save(save_directory, *args, **kwargs)
 
     @property
     def last_stats(self) -> dict[str, Any]:

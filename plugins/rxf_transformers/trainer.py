@@ -26,9 +26,9 @@ from __future__ import annotations
 from typing import Any
 
 from rxf.errors import RXFError
+from rxf.spectral import baked_state_dict
 from rxf_transformers.callback import callback_class, find_rxf_model
 from rxf_transformers.families import shifts_labels
-from rxf_transformers.saving import baked_state_dict
 
 IGNORE_INDEX = -100
 _cache: dict[str, type] = {}

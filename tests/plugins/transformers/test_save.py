@@ -109,3 +109,17 @@ def test_rxf_trainer_final_save_bakes_r4f_and_checkpoints_keep_it(tmp_path) -> N
     batch = make_batch("roberta")
     torch.testing.assert_close(eval_logits(reloaded, batch), eval_logits(wrapped, batch))
     assert parametrize.is_parametrized(wrapped.module.classifier.out_proj)  # still R4F
+
+
+def test_save_pretrained_through_the_wrapper_bakes_r4f(tmp_path) -> None:
+    batch = make_batch("roberta")
+    wrapped = rxf.wrap(make_model("roberta"), eps=0.1, spectral_norm_head=True)
+    one_step(wrapped, batch)
+    wrapped.save_pretrained(tmp_path)  # no unwrap: the wrapper bakes into the saved file
+    assert parametrize.is_parametrized(wrapped.module.classifier.out_proj)  # model unchanged
+    reloaded = transformers.RobertaForSequenceClassification.from_pretrained(tmp_path).eval()
+    wrapped.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            reloaded(**batch).logits, wrapped(**batch).logits, atol=1e-6, rtol=0
+        )
