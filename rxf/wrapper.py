@@ -31,8 +31,10 @@ class RXFModel(nn.Module):
     In training mode a forward runs the clean pass, then a noisy pass (noise on the
     embedding output), and returns the clean pass's output; ``consistency_loss`` holds
     ``r3f_lambda · divergence`` and is already added to the output's ``loss`` when it has
-    one. In eval mode it is one plain forward. Unknown attributes are read from the inner
-    model, whose forward signature the wrapper shows.
+    one. With ``mode="concat"`` the two passes are one forward over the doubled batch
+    (:mod:`rxf.concat`). With ``r3f_lambda=0`` it is one noisy pass (noise only). In eval mode
+    it is one plain forward. Unknown attributes are read from the inner model, whose forward
+    signature the wrapper shows.
     """
 
     def __init__(self, module: nn.Module, config: RXFConfig, targets: Targets) -> None:
