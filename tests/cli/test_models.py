@@ -107,3 +107,32 @@ def test_efficientnet_lite0_from_its_wheel() -> None:
     task.module.eval()
     assert task.module(**batch).shape == (2, 4)
     assert task.features(task.module, batch).shape == (2, 1280)
+
+
+def test_the_command_starts_without_importing_frameworks() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, rxf.cli; from rxf.cli import _parser; _parser().format_help(); "
+        "print(sorted(m for m in ('torch', 'transformers', 'timm', 'matplotlib') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    assert "finetune" in capsys.readouterr().out
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("rxf ")
+    assert main([]) == 0 and "COMMAND" in capsys.readouterr().out
