@@ -25,7 +25,12 @@ from torch import Tensor, nn
 from rxf.errors import RXFError
 from rxf.inputs import ForwardInputs
 from rxf.noise import NoiseSampler
-from rxf.perturbation import PerturbationRecord, add_noise, record_levels
+from rxf.perturbation import (
+    PerturbationRecord,
+    add_noise,
+    check_embedding_output,
+    record_levels,
+)
 
 IGNORE_INDEX = -100
 LABELS = "labels"
@@ -214,12 +219,7 @@ def perturb_second_half(
         record.calls += 1
         if record.calls > 1:
             return None
-        if not isinstance(output, Tensor) or not output.is_floating_point():
-            raise TypeError(
-                f"rxf can only add noise to a floating-point tensor output, but "
-                f"{type(mod).__name__} returned {type(output).__name__}; point "
-                f"RXFConfig(embedding=...) at the module that returns the embeddings."
-            )
+        check_embedding_output(mod, output)
         if output.dim() == 0 or output.shape[0] != 2 * batch:
             raise RXFError(
                 f"concat mode: the embedding output has shape {tuple(output.shape)}, expected "

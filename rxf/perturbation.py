@@ -60,6 +60,16 @@ def _rms(values: Tensor) -> Tensor:
     return norm / math.sqrt(max(values.numel(), 1))
 
 
+def check_embedding_output(module: nn.Module, output: Any) -> None:
+    """Raise unless ``output`` is a floating-point tensor that noise can be added to."""
+    if not isinstance(output, Tensor) or not output.is_floating_point():
+        raise TypeError(
+            f"rxf can only add noise to a floating-point tensor output, but "
+            f"{type(module).__name__} returned {type(output).__name__}; point "
+            f"RXFConfig(embedding=...) at the module that returns the embeddings."
+        )
+
+
 @contextmanager
 def perturb(
     module: nn.Module,
@@ -88,12 +98,7 @@ def perturb(
         record.calls += 1
         if record.calls > 1:
             return None
-        if not isinstance(output, Tensor) or not output.is_floating_point():
-            raise TypeError(
-                f"rxf can only add noise to a floating-point tensor output, but "
-                f"{type(mod).__name__} returned {type(output).__name__}; point "
-                f"RXFConfig(embedding=...) at the module that returns the embeddings."
-            )
+        check_embedding_output(mod, output)
         noise = sampler(output, eps, mask=mask)
         noisy = add_noise(output, noise, detach)
         record_levels(record, output, noisy, noise)
