@@ -114,6 +114,17 @@ class RXFConfig(BaseModel):
         """Validate a mapping (e.g. the ``rxf:`` section of a larger config)."""
         return cls.model_validate(dict(data))
 
+    def with_overrides(self, **overrides: Any) -> RXFConfig:
+        """A copy with ``overrides`` applied, validated like a new config.
+
+        Example:
+            >>> RXFConfig(eps=0.1).with_overrides(r3f_lambda=0.7).eps
+            0.1
+        """
+        if not overrides:
+            return self
+        return self.from_dict({**self.model_dump(exclude_unset=True), **overrides})
+
     @classmethod
     def from_file(cls, path: str | Path) -> RXFConfig:
         """Load a ``.json``, ``.yaml`` or ``.yml`` file holding the config's fields."""

@@ -69,9 +69,7 @@ def explain(model: nn.Module, config: RXFConfig | None = None, **overrides: Any)
     if isinstance(model, RXFModel):
         inner, cfg, targets = model.module, model.rxf_config, model.rxf_targets
     else:
-        cfg = config or RXFConfig()
-        if overrides:
-            cfg = RXFConfig.from_dict({**cfg.model_dump(exclude_unset=True), **overrides})
+        cfg = (config or RXFConfig()).with_overrides(**overrides)
         inner, targets = model, discover(model, cfg)
     pm = plugins.plugin_manager()
     logit_plugins = [

@@ -287,11 +287,13 @@ def _loss_of(output: Any) -> Tensor | None:
 
 
 def _add_to_loss(output: Any, term: Tensor) -> None:
-    loss = getattr(output, "loss", None)
-    if isinstance(loss, Tensor):
+    loss = _loss_of(output)
+    if loss is None:
+        return
+    if isinstance(getattr(output, "loss", None), Tensor):
         output.loss = loss + term
-    elif isinstance(output, dict) and isinstance(output.get("loss"), Tensor):
-        output["loss"] = output["loss"] + term
+    else:
+        output["loss"] = loss + term
 
 
 def _strip_inner_prefix(
@@ -341,11 +343,7 @@ def wrap(
             "Compile the wrapped model instead: torch.compile(rxf.wrap(model))."
         )
     base = config if isinstance(config, RXFConfig) else RXFConfig.from_dict(config or {})
-    cfg = (
-        RXFConfig.from_dict({**base.model_dump(exclude_unset=True), **overrides})
-        if overrides
-        else base
-    )
+    cfg = base.with_overrides(**overrides)
     return RXFModel(model, cfg, discover(model, cfg, apply_r4f=True))
 
 
