@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rxf.config import RXFConfig
+    from rxf.diagnosis import diagnose
     from rxf.errors import RXFError, RXFPrecisionWarning
     from rxf.explanation import Explanation, explain
     from rxf.hookspecs import hookimpl
@@ -32,6 +33,7 @@ _EXPORTS = {
     "RXFError": "rxf.errors",
     "RXFModel": "rxf.wrapper",
     "RXFPrecisionWarning": "rxf.errors",
+    "diagnose": "rxf.diagnosis",
     "explain": "rxf.explanation",
     "hookimpl": "rxf.hookspecs",
     "plugin_manager": "rxf.plugins",
@@ -47,6 +49,7 @@ __all__ = [
     "RXFModel",
     "RXFPrecisionWarning",
     "__version__",
+    "diagnose",
     "explain",
     "hookimpl",
     "plugin_manager",

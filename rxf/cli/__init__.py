@@ -1,4 +1,4 @@
-"""The ``rxf`` command: ``finetune``, ``probe`` and ``explain``.
+"""The ``rxf`` command: ``finetune``, ``probe``, ``diagnose`` and ``explain``.
 
 Only argparse runs at start-up; each command imports torch and friends when it runs, so
 ``rxf --help`` is instant.
@@ -36,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
             "on others (no CONFIG: a small BBC News default)",
             "rxf-probe",
         ),
+        (
+            "diagnose",
+            "what the consistency term is made of on the config's model and data: noise vs "
+            "dropout over eps (no CONFIG: the built-in default)",
+            "rxf-results",
+        ),
     ):
         cmd = commands.add_parser(name, help=helptext, description=helptext)
         cmd.add_argument(
@@ -44,13 +50,14 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument(
             "-o", "--output", help=f"output folder (default: {default_out}/ or the config's output)"
         )
-        cmd.add_argument(
-            "--restart",
-            action="store_true",
-            help="discard finished runs in the output folder instead of resuming",
-        )
-        cmd.add_argument("--no-progress", action="store_true", help="no progress bars")
-        if name == "finetune":
+        if name != "diagnose":
+            cmd.add_argument(
+                "--restart",
+                action="store_true",
+                help="discard finished runs in the output folder instead of resuming",
+            )
+            cmd.add_argument("--no-progress", action="store_true", help="no progress bars")
+        if name != "probe":
             cmd.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
         cmd.add_argument(
             "--print-config",
@@ -105,7 +112,7 @@ def _run_study(args: argparse.Namespace) -> int:
     from rxf.cli.loading import load_config
 
     cls: type[FinetuneConfig | ProbeConfig] = (
-        FinetuneConfig if args.command == "finetune" else ProbeConfig
+        ProbeConfig if args.command == "probe" else FinetuneConfig
     )
     cfg: Any = load_config(args.config, cls)
     if args.output:
@@ -115,7 +122,11 @@ def _run_study(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
         return 0
-    if args.command == "finetune":
+    if args.command == "diagnose":
+        from rxf.cli import diagnose
+
+        diagnose.run(cfg, plots=not args.no_plots)
+    elif args.command == "finetune":
         from rxf.cli import finetune
 
         finetune.run(

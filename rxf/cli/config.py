@@ -63,6 +63,14 @@ def _local_path(value: str | Path, info: ValidationInfo) -> Path:
     return path if path.is_absolute() or base is None else Path(base) / path
 
 
+def _output_in_config_folder(cls: Any, data: Any, info: ValidationInfo) -> Any:
+    """An ``output:`` given in a config file is relative to that file's folder; the default
+    (no ``output:``) and ``--output`` stay relative to the working directory."""
+    if isinstance(data, dict) and isinstance(data.get("output"), str | Path):
+        data = {**data, "output": _local_path(data["output"], info)}
+    return data
+
+
 def _existing_file(value: Path | None, info: ValidationInfo) -> Path | None:
     if value is None:
         return None
@@ -234,6 +242,40 @@ class TrainSettings(BaseModel):
     device: str = Field("cpu", description="torch device, e.g. 'cpu' or 'cuda'.")
 
 
+class DiagnoseSettings(BaseModel):
+    """``rxf diagnose``: which batches, which eps values, and the recommendation's target."""
+
+    model_config = _STRICT
+
+    batches: int = Field(1, ge=1, description="Training batches measured.")
+    batch_size: int | None = Field(
+        None, ge=1, description="Examples per batch (default: train.batch_size)."
+    )
+    draws: int = Field(2, ge=1, description="Seeded repetitions per batch (noise and dropout).")
+    eps_grid: list[float] = Field(
+        [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1],
+        min_length=1,
+        description="The swept eps values (positive); the configured rxf.eps is added.",
+    )
+    noise_share: float = Field(
+        0.1, gt=0, description="Recommendation: the share of the term the noise should make."
+    )
+    max_loss_change: float = Field(
+        0.01,
+        gt=0,
+        description="Recommendation: the largest relative change of the clean task loss "
+        "the noise may cause.",
+    )
+    seed: int = Field(0, description="Seed of the first draw.")
+
+    @field_validator("eps_grid")
+    @classmethod
+    def _positive(cls, value: list[float]) -> list[float]:
+        if any(not e > 0 for e in value):
+            raise ValueError(f"every eps must be positive, got {value}")
+        return value
+
+
 class FinetuneConfig(BaseModel):
     """``rxf finetune``: every method over every seed on one model and data set."""
 
@@ -260,10 +302,15 @@ class FinetuneConfig(BaseModel):
         "spectral_norm_head is set by the method.",
     )
     output: Path = Field(Path("rxf-results"), description="Folder for runs, table and plots.")
+    diagnose: DiagnoseSettings = Field(
+        default_factory=DiagnoseSettings,
+        description="`rxf diagnose` settings (no effect on `rxf finetune`).",
+    )
 
     _seeds = field_validator("seeds", mode="before")(_seed_list)
     _distinct = field_validator("methods", "seeds")(_no_repeats)
     _rxf = field_validator("rxf", mode="before")(_no_spectral_switch)
+    _output = model_validator(mode="before")(_output_in_config_folder)
 
     @model_validator(mode="after")
     def _matching_inputs(self) -> FinetuneConfig:
@@ -339,6 +386,7 @@ class ProbeConfig(BaseModel):
     _seeds = field_validator("seeds", mode="before")(_seed_list)
     _distinct = field_validator("methods", "seeds")(_no_repeats)
     _rxf = field_validator("rxf", mode="before")(_no_spectral_switch)
+    _output = model_validator(mode="before")(_output_in_config_folder)
 
     @model_validator(mode="after")
     def _distinct_names(self) -> ProbeConfig:

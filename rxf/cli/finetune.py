@@ -24,7 +24,7 @@ from rxf.cli.store import RunStore
 def fingerprint(cfg: FinetuneConfig) -> dict[str, Any]:
     """The settings a finished run depends on (methods, seeds and output excluded, so adding
     seeds or methods reuses the runs already made)."""
-    dump = cfg.model_dump(mode="json", exclude={"methods", "seeds", "output"})
+    dump = cfg.model_dump(mode="json", exclude={"methods", "seeds", "output", "diagnose"})
     for key in ("threads", "device", "eval_batch_size"):
         dump["train"].pop(key)
     return dump
