@@ -1,0 +1,115 @@
+"""PEFT / LoRA in both orders, R3F and R4F: the term is in the loss, the noise arrives, only
+the adapter trains, and the saved adapter reloads into identical outputs.
+
+* ``rxf.wrap(get_peft_model(model, config))`` (rxf outside, the recommended order): the
+  adapter is a standard PEFT adapter (R4F's normalized head weight baked in) that loads onto
+  a plain base model.
+* ``get_peft_model(rxf.wrap(model), config)`` (rxf inside): the adapter reloads onto a
+  wrapped base built the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+import rxf
+from tests.plugins.transformers import conftest
+from tests.plugins.transformers.conftest import make_model
+
+peft = pytest.importorskip("peft", reason="PEFT is not installed (rxf[stacks])")
+
+
+def lora(**extra: Any) -> Any:
+    return peft.LoraConfig(
+        task_type="SEQ_CLS", target_modules=["query", "value"], r=4, lora_alpha=8, **extra
+    )
+
+
+def train_steps(model: torch.nn.Module, wrapped: rxf.RXFModel, steps: int = 2) -> None:
+    """SGD on the trainable parameters; checks loss = task + term and that noise arrived."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(trainable, lr=0.5)
+    for step in range(steps):
+        batch = make_batch("bert", batch=4, length=7)
+        out = model(**batch)
+        with torch.no_grad():
+            task = wrapped.module(**batch).loss
+        stats = wrapped.last_stats
+        assert stats["noise_to_signal"] > 0, "no noise reached the model"
+        assert stats["consistency_loss"] > 1e-7, f"step {step}: no term"
+        torch.testing.assert_close(out.loss, task + wrapped.consistency_loss.detach())
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+
+
+def assert_only_the_adapter_trained(model: torch.nn.Module) -> None:
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n or "modules_to_save" in n for n in names), names
+
+
+def logits(model: torch.nn.Module) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model(**make_batch("bert", batch=3, length=7, seed=7)).logits
+
+
+def make_batch(name: str, batch: int, length: int, seed: int = 1) -> dict[str, torch.Tensor]:
+    """``conftest.make_batch`` with token ids drawn from ``seed``."""
+    out = conftest.make_batch(name, batch=batch, length=length)
+    g = torch.Generator().manual_seed(seed)
+    out["input_ids"] = torch.randint(3, conftest.VOCAB, out["input_ids"].shape, generator=g)
+    return out
+
+
+def top_singular_value(weight: torch.Tensor) -> float:
+    return float(torch.linalg.matrix_norm(weight.detach().float(), ord=2))
+
+
+@pytest.mark.parametrize("r4f", [False, True], ids=["r3f", "r4f"])
+def test_rxf_outside_peft_saves_a_standard_adapter(tmp_path, r4f: bool) -> None:
+    wrapped = rxf.wrap(get_peft(make_model("bert")), eps=0.5, spectral_norm_head=r4f)
+    assert_only_the_adapter_trained(wrapped)
+    train_steps(wrapped, wrapped)
+    expected = logits(wrapped)
+    wrapped.save_pretrained(tmp_path)
+
+    reloaded = peft.PeftModel.from_pretrained(make_model("bert"), tmp_path)
+    torch.testing.assert_close(logits(reloaded), expected, rtol=0, atol=1e-6)
+    if r4f:  # the trained copy of the head was normalized, and is stored baked (W / sigma)
+        head = reloaded.base_model.model.classifier.modules_to_save["default"]
+        assert top_singular_value(head.weight) == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("r4f", [False, True], ids=["r3f", "r4f"])
+def test_peft_over_the_wrapper_saves_and_reloads_the_adapter(tmp_path, r4f: bool) -> None:
+    wrapped = rxf.wrap(make_model("bert"), eps=0.5, spectral_norm_head=r4f)
+    model = get_peft(wrapped)
+    assert_only_the_adapter_trained(model)
+    train_steps(model, wrapped)
+    expected = logits(model)
+    model.save_pretrained(tmp_path)
+
+    saved = load_adapter_keys(tmp_path)
+    assert sum("lora_" in k for k in saved) == 8  # 2 layers x (query, value) x (A, B)
+    base = rxf.wrap(make_model("bert"), eps=0.5, spectral_norm_head=r4f)
+    reloaded = peft.PeftModel.from_pretrained(base, tmp_path)
+    torch.testing.assert_close(logits(reloaded), expected, rtol=0, atol=1e-6)
+    if r4f:  # R4F acts on the head that trains (PEFT's copy), not the frozen original
+        heads = [m for m in rxf.unwrap(base).modules() if isinstance(m, torch.nn.Linear)]
+        trained = base.module.classifier.modules_to_save["default"]
+        assert trained in heads
+        assert top_singular_value(trained.weight) == pytest.approx(1.0, abs=1e-3)
+
+
+def get_peft(model: torch.nn.Module) -> Any:
+    return peft.get_peft_model(model, lora())
+
+
+def load_adapter_keys(path: Any) -> list[str]:
+    from safetensors.torch import load_file
+
+    return list(load_file(str(path / "adapter_model.safetensors")))
