@@ -15,6 +15,7 @@ from rxf.errors import RXFError
 from rxf.wrapper import RXFModel
 
 LOGGED = ("divergence", "consistency_loss", "noise_to_signal")
+TRAINING_MODES = ("two_pass", "concat", "noise_only")
 _cache: dict[str, type] = {}
 
 
@@ -25,6 +26,16 @@ def find_rxf_model(model: Any) -> RXFModel | None:
             return model
         model = getattr(model, "module", None) if isinstance(model, nn.Module) else None
     return None
+
+
+def forward_replaced(wrapped: RXFModel) -> bool:
+    """Whether something replaced the wrapper's ``forward`` on the instance (TRL's fused
+    LM head does), so that calling the model may no longer run rxf."""
+    patched = vars(wrapped).get("forward")
+    if patched is None:
+        return False
+    code = getattr(getattr(patched, "__func__", patched), "__code__", None)
+    return code is not RXFModel.forward.__code__
 
 
 class StatsMeter:
@@ -71,7 +82,10 @@ def _build() -> type:
         Checks at the start of training that the model is wrapped by :func:`rxf.wrap`, and
         refuses ``label_smoothing_factor`` under the plain ``Trainer``: it pops the labels
         before the forward, so the model's loss (and the R3F term in it) is never computed.
-        :class:`rxf_transformers.RXFTrainer` keeps them and adds the term itself.
+        :class:`rxf_transformers.RXFTrainer` keeps them and adds the term itself. Refuses a
+        wrapper whose ``forward`` was replaced (TRL's ``SFTTrainer`` installs its fused LM
+        head there; use :class:`rxf_transformers.sft.RXFSFTTrainer`), and stops at the end
+        of the first step when no training forward of that step went through rxf.
 
         Example:
             >>> trainer = Trainer(model=rxf.wrap(model), args=args,  # doctest: +SKIP
@@ -81,15 +95,26 @@ def _build() -> type:
         def __init__(self) -> None:
             self.meter = StatsMeter()
             self.keeps_labels = False
+            self.owns_forward = False
+            self._stats_at_start: dict[str, Any] | None = None
 
         def on_train_begin(
             self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any
         ) -> None:
-            if find_rxf_model(model) is None:
+            wrapped = find_rxf_model(model)
+            if wrapped is None:
                 raise RXFError(
                     f"RXFCallback: the Trainer's model ({type(model).__name__}) is not wrapped "
                     f"by rxf; pass model=rxf.wrap(model) to the Trainer."
                 )
+            if forward_replaced(wrapped) and not self.owns_forward:
+                raise RXFError(
+                    "the wrapped model's forward was replaced on the instance (trl's SFTTrainer "
+                    "installs its fused LM-head forward there), which calls the inner model "
+                    "directly: rxf would add no noise and no term. With trl use "
+                    "rxf_transformers.sft.RXFSFTTrainer (same arguments) instead of SFTTrainer."
+                )
+            self._stats_at_start = wrapped.last_stats
             if getattr(args, "label_smoothing_factor", 0) and not self.keeps_labels:
                 raise RXFError(
                     "label_smoothing_factor makes transformers.Trainer pop the labels before the "
@@ -112,6 +137,20 @@ def _build() -> type:
             self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any
         ) -> None:
             self._collect(model)
+            if self._stats_at_start is not None:  # the first step: did rxf run?
+                self._check_went_through_rxf(model)
+                self._stats_at_start = None
+
+        def _check_went_through_rxf(self, model: Any) -> None:
+            wrapped = find_rxf_model(model)
+            stats = wrapped.last_stats if wrapped is not None else {}
+            if stats.get("mode") not in TRAINING_MODES or stats == self._stats_at_start:
+                raise RXFError(
+                    "no training forward of the first step went through rxf (last_stats mode "
+                    f"{stats.get('mode')!r}): the Trainer calls the inner model some other way, "
+                    "so no noise and no term reached the loss. Pass the wrapped model itself "
+                    "to the Trainer and let its compute_loss call it (model(**inputs))."
+                )
 
         def on_log(
             self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any

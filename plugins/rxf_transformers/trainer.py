@@ -70,6 +70,7 @@ def _build() -> type:
                 handler.callbacks.remove(cb)
             callback: Any = ours[0] if ours else callback_type()
             callback.keeps_labels = True
+            callback.owns_forward = bool(getattr(self, "rxf_owns_forward", False))
             handler.callbacks.insert(0, callback)
             inner_class = type(wrapped.module)
             if self.args.label_names is None:
@@ -86,8 +87,10 @@ def _build() -> type:
             labels = inputs.get("labels")
             shift = shifts_labels(self.rxf_model.module)
             if self.label_smoother is None or labels is None:
-                loss, outputs = super().compute_loss(
-                    model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+                # Trainer's own loss (the model's, with the term), also under subclasses that
+                # compute it another way (TRL's fused LM head bypasses the wrapper)
+                loss, outputs = Trainer.compute_loss(
+                    self, model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
                 )
                 if shift and labels is not None and self._normalized(num_items_in_batch):
                     # HF causal-LM losses are token sums / num_items_in_batch: weigh the term
