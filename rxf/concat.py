@@ -15,8 +15,7 @@ labels first (:func:`with_decoder_inputs`).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -24,13 +23,6 @@ from torch import Tensor, nn
 
 from rxf.errors import RXFError
 from rxf.inputs import ForwardInputs
-from rxf.noise import NoiseSampler
-from rxf.perturbation import (
-    PerturbationRecord,
-    add_noise,
-    check_embedding_output,
-    record_levels,
-)
 
 IGNORE_INDEX = -100
 LABELS = "labels"
@@ -163,7 +155,7 @@ def clean_half(output: Any, batch: int) -> Any:
     if isinstance(output, (tuple, list)):
         return type(output)(clean_half(v, batch) for v in output)
     if dataclasses.is_dataclass(output) and not isinstance(output, type):
-        changes = {
+        changes = {  # rebuilt (frozen dataclasses included)
             f.name: clean_half(getattr(output, f.name), batch)
             for f in dataclasses.fields(output)
             if f.init
@@ -190,49 +182,3 @@ def batch_norm_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [
         (n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
     ]
-
-
-@contextmanager
-def perturb_second_half(
-    module: nn.Module,
-    sampler: NoiseSampler,
-    eps: float,
-    batch: int,
-    *,
-    detach: bool = True,
-    mask: Tensor | None = None,
-) -> Iterator[PerturbationRecord]:
-    """Like :func:`rxf.perturbation.perturb`, but only rows ``batch:`` of the module's
-    (doubled) output get noise; the first half passes through untouched, gradient included.
-
-    Example:
-        >>> from rxf.noise import uniform_noise
-        >>> emb = nn.Embedding(10, 4)
-        >>> with perturb_second_half(emb, uniform_noise, 0.1, batch=1):
-        ...     out = emb(torch.tensor([[1], [1]]))
-        >>> bool(torch.equal(out[0], emb.weight[1:2])), bool(torch.equal(out[1], out[0]))
-        (True, False)
-    """
-    record = PerturbationRecord()
-
-    def hook(mod: nn.Module, args: Any, output: Any) -> Any:
-        record.calls += 1
-        if record.calls > 1:
-            return None
-        check_embedding_output(mod, output)
-        if output.dim() == 0 or output.shape[0] != 2 * batch:
-            raise RXFError(
-                f"concat mode: the embedding output has shape {tuple(output.shape)}, expected "
-                f"the doubled batch {2 * batch} first. Use RXFConfig(mode='two_pass')."
-            )
-        clean, second = output[:batch], output[batch:]
-        noise = sampler(second, eps, mask=mask)
-        noisy = add_noise(second, noise, detach)
-        record_levels(record, second, noisy, noise)
-        return torch.cat([clean, noisy])
-
-    handle = module.register_forward_hook(hook)
-    try:
-        yield record
-    finally:
-        handle.remove()

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _FAIRSEQ_FLAGS = {
     "--eps": ("eps", float),
@@ -81,6 +81,19 @@ class RXFConfig(BaseModel):
         description="Token-level outputs: 'mean' over real tokens, or 'reference' "
         "(sum over all positions / batch size, as fairseq).",
     )
+    embedding_calls: Literal["all", "first"] | None = Field(
+        None,
+        description="Which calls of the embedding module in the noisy pass get noise: 'all' "
+        "(a bi-encoder embedding two texts with one table) or 'first' (an encoder and a "
+        "decoder sharing one embedding module: the encoder's call). Unset: the adapter "
+        "decides, 'all' by default.",
+    )
+    share_dropout_masks: bool = Field(
+        False,
+        description="Run the noisy pass with the clean pass's dropout masks (same RNG state "
+        "for both passes; the noise is drawn from the stream after the clean pass), so the "
+        "term measures the noise alone. Two-pass mode only.",
+    )
     mode: Literal["two_pass", "concat"] = Field(
         "two_pass",
         description="'two_pass': clean and noisy forwards one after the other; "
@@ -108,6 +121,15 @@ class RXFConfig(BaseModel):
         if value is not None and (not value.strip() or any(not p for p in value.split("."))):
             raise ValueError(f"{value!r} is not a dotted module path like 'encoder.embed_tokens'")
         return value
+
+    @model_validator(mode="after")
+    def _compatible(self) -> RXFConfig:
+        if self.share_dropout_masks and self.mode == "concat":
+            raise ValueError(
+                "share_dropout_masks=True needs mode='two_pass': in one doubled batch the "
+                "clean and noisy copies cannot draw the same dropout masks"
+            )
+        return self
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RXFConfig:

@@ -96,6 +96,21 @@ def rxf_input_mask(model: nn.Module, inputs: ForwardInputs) -> Tensor | None:
     return None
 
 
+@hookimpl(trylast=True)
+def rxf_sequence_starts(model: nn.Module, inputs: ForwardInputs) -> Tensor | None:
+    """Where ``position_ids`` restart at 0 inside a row (packed examples), when given."""
+    positions = inputs.get("position_ids")
+    if not isinstance(positions, Tensor) or positions.dim() != 2:
+        return None
+    return positions == 0
+
+
+@hookimpl(trylast=True)
+def rxf_embedding_calls(model: nn.Module) -> str:
+    """Every call of the embedding module in the noisy pass gets noise."""
+    return "all"
+
+
 @hookimpl
 def rxf_register_noise_types() -> dict[str, NoiseSampler]:
     return dict(BUILTIN_NOISE_TYPES)

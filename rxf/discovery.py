@@ -10,7 +10,6 @@ from torch import nn
 from rxf import plugins
 from rxf.config import RXFConfig
 from rxf.errors import RXFError
-from rxf.spectral import apply_spectral_norm
 
 
 @dataclass
@@ -78,8 +77,8 @@ def _find_head(model: nn.Module, cfg: RXFConfig) -> tuple[nn.Module, str, str]:
     return module, module_path(model, module), source or "?"
 
 
-def discover(model: nn.Module, cfg: RXFConfig, apply_r4f: bool = False) -> Targets:
-    """Find the embedding (and the head when R4F is on); with ``apply_r4f`` normalize it."""
+def discover(model: nn.Module, cfg: RXFConfig) -> Targets:
+    """Find the embedding (and the head when R4F is on); changes nothing (``wrap`` applies)."""
     embedding, embedding_name, embedding_source = _find_embedding(model, cfg)
     targets = Targets(embedding, embedding_name, embedding_source)
     if cfg.spectral_norm_head:
@@ -89,6 +88,4 @@ def discover(model: nn.Module, cfg: RXFConfig, apply_r4f: bool = False) -> Targe
                 f"the head {targets.head_name!r} is the embedding module; point "
                 f"RXFConfig(head=...) at the classification head"
             )
-        if apply_r4f:
-            targets.spectral_linears = apply_spectral_norm(targets.head, cfg.spectral_norm_scope)
     return targets

@@ -13,3 +13,7 @@ class RXFError(ValueError):
 
 class RXFPrecisionWarning(UserWarning):
     """The noise is below the resolution of the embedding's dtype and is partly rounded away."""
+
+
+class RXFUnusedTermWarning(UserWarning):
+    """A training forward's consistency term reached no loss: that step was unregularized."""

@@ -79,6 +79,27 @@ def rxf_input_mask(model: nn.Module, inputs: ForwardInputs) -> Tensor | None:
     """
 
 
+@hookspec(firstresult=True)
+def rxf_sequence_starts(model: nn.Module, inputs: ForwardInputs) -> Tensor | None:
+    """Return a boolean ``(batch, tokens)`` mask of the tokens where a sequence begins.
+
+    Called before the noisy pass, for noise types that declare ``lengths``
+    (:mod:`rxf.noise`): packed rows hold several examples, each with its own length. Stops
+    at the first non-``None`` result; ``None`` means one sequence per row.
+    """
+
+
+@hookspec(firstresult=True)
+def rxf_embedding_calls(model: nn.Module) -> str | None:
+    """Return ``"all"`` or ``"first"``: which calls of the embedding module in one noisy
+    pass get noise.
+
+    Called once by :func:`rxf.wrap` when ``RXFConfig.embedding_calls`` is not given. Return
+    ``"first"`` when the model calls one embedding module for its encoder and then for its
+    decoder (only the encoder's input is perturbed); the built-in answer is ``"all"``.
+    """
+
+
 @hookspec
 def rxf_register_noise_types() -> dict[str, NoiseSampler]:
     """Return noise samplers by name, for ``RXFConfig.noise_type``.

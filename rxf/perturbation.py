@@ -1,28 +1,36 @@
-"""The scoped forward hook that adds noise to a module's output."""
+"""The scoped forward hook that adds noise to a module's output (all of it, or a row slice)."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
+from rxf.errors import RXFError
 from rxf.noise import NoiseSampler
+
+EmbeddingCalls = Literal["all", "first"]
 
 
 @dataclass
 class PerturbationRecord:
     """What the hook saw during one scope (detached tensors, no host sync).
 
-    ``calls`` counts the module's forward calls inside the scope; only the first is
-    perturbed (the encoder's lookup when an encoder and decoder share one table).
+    ``calls`` counts the module's forward calls inside the scope, ``perturbed`` those that
+    got noise: every call with ``calls="all"``, the first with ``calls="first"`` (the
+    encoder's lookup when an encoder and a decoder share one module). The levels are those
+    of the first perturbed call.
     """
 
     calls: int = 0
+    perturbed: int = 0
     dtype: torch.dtype | None = None
     signal_rms: Tensor | None = None
     noise_rms: Tensor | None = None
@@ -30,11 +38,30 @@ class PerturbationRecord:
 
 
 def add_noise(output: Tensor, noise: Tensor, detach: bool) -> Tensor:
-    """``output (+ detached) + noise``, added in float32 and cast back to ``output``'s dtype."""
+    """``output (+ detached) + noise``, added in float32 and cast back to ``output``'s dtype.
+
+    With ``detach`` no gradient reaches ``output``'s producer through the result, but the
+    result still requires grad whenever ``output`` does: a reentrant activation checkpoint
+    (``torch.utils.checkpoint(..., use_reentrant=True)``) keeps the graph of a segment only
+    when one of its tensor inputs requires grad, so a detached input would silently drop the
+    noisy pass's gradient for every checkpointed layer.
+
+    Args:
+        output: the module's output, any floating dtype, any shape.
+        noise: float32 noise of ``output``'s shape.
+        detach: stop the gradient into ``output`` (R3F's classification criterion).
+
+    Example:
+        >>> x = torch.ones(2, requires_grad=True)
+        >>> y = add_noise(x * 2, torch.zeros(2), detach=True)
+        >>> y.requires_grad, y.grad_fn is None
+        (True, True)
+    """
     base = output.detach() if detach else output
-    if base.dtype == torch.float32:
-        return base + noise
-    return (base.float() + noise).to(base.dtype)
+    noisy = base + noise if base.dtype == torch.float32 else (base.float() + noise).to(base.dtype)
+    if detach and output.requires_grad and torch.is_grad_enabled():
+        noisy.requires_grad_(True)  # a leaf: the gradient stops here, the graph does not
+    return noisy
 
 
 def record_levels(record: PerturbationRecord, output: Tensor, noisy: Tensor, noise: Tensor) -> None:
@@ -60,14 +87,66 @@ def _rms(values: Tensor) -> Tensor:
     return norm / math.sqrt(max(values.numel(), 1))
 
 
-def check_embedding_output(module: nn.Module, output: Any) -> None:
-    """Raise unless ``output`` is a floating-point tensor that noise can be added to."""
-    if not isinstance(output, Tensor) or not output.is_floating_point():
+def split_embedding_output(
+    module: nn.Module, output: Any
+) -> tuple[Tensor, Callable[[Tensor], Any]]:
+    """The tensor of an embedding module's output that gets the noise, and how to put a
+    replacement back.
+
+    A floating-point tensor is itself; a tuple/list (incl. named tuples), a mapping (incl.
+    Hugging Face ``ModelOutput``) or a dataclass gives its **first** floating-point tensor
+    (patch embeddings that return ``(embeddings, extra)``); the other items pass through
+    untouched.
+
+    Raises:
+        TypeError: no floating-point tensor in ``output``; names the module and the fix.
+
+    Example:
+        >>> t, put = split_embedding_output(nn.Identity(), (torch.ones(2), (3, 4)))
+        >>> put(t * 0)
+        (tensor([0., 0.]), (3, 4))
+    """
+    if isinstance(output, Tensor) and output.is_floating_point():
+        return output, lambda new: new
+    found = _first_floating(output)
+    if found is None:
         raise TypeError(
-            f"rxf can only add noise to a floating-point tensor output, but "
-            f"{type(module).__name__} returned {type(output).__name__}; point "
-            f"RXFConfig(embedding=...) at the module that returns the embeddings."
+            f"rxf can only add noise to a floating-point tensor, but {type(module).__name__} "
+            f"returned {type(output).__name__} with none inside; point RXFConfig(embedding=...) "
+            f"at the module that returns the embeddings."
         )
+    key, tensor = found
+    return tensor, lambda new: _replace(output, key, new)
+
+
+def _first_floating(output: Any) -> tuple[Any, Tensor] | None:
+    if isinstance(output, Mapping):
+        items: list[tuple[Any, Any]] = list(output.items())
+    elif isinstance(output, (tuple, list)):
+        items = list(enumerate(output))
+    elif dataclasses.is_dataclass(output) and not isinstance(output, type):
+        items = [(f.name, getattr(output, f.name)) for f in dataclasses.fields(output)]
+    else:
+        return None
+    for key, value in items:
+        if isinstance(value, Tensor) and value.is_floating_point():
+            return key, value
+    return None
+
+
+def _replace(output: Any, key: Any, new: Tensor) -> Any:
+    if isinstance(output, Mapping):
+        copied: Any = copy.copy(output)
+        copied[key] = new
+        return copied
+    if isinstance(output, tuple) and hasattr(output, "_replace"):  # named tuple
+        fields: tuple[str, ...] = getattr(output, "_fields", ())
+        return output._replace(**{fields[key]: new})
+    if isinstance(output, (tuple, list)):
+        items = list(output)
+        items[key] = new
+        return type(output)(items)
+    return dataclasses.replace(output, **{key: new})
 
 
 @contextmanager
@@ -77,12 +156,29 @@ def perturb(
     eps: float,
     *,
     detach: bool = True,
-    mask: Tensor | None = None,
+    rows: slice | None = None,
+    expect_rows: int | None = None,
+    calls: EmbeddingCalls = "all",
+    layout: Mapping[str, Tensor | None] | None = None,
 ) -> Iterator[PerturbationRecord]:
     """Add ``sampler`` noise to ``module``'s output while the context is open.
 
     The hook is removed on exit, also when the forward inside raises. With ``detach`` the
-    noisy output is ``output.detach() + z``, so no gradient reaches the module through it.
+    noisy output is ``output.detach() + z``: no gradient reaches the module through it (it
+    still requires grad when the output did, see :func:`add_noise`). ``rows`` restricts the
+    noise to a slice of the batch dimension (concat mode: the second half); the other rows
+    pass through untouched, gradient included; ``expect_rows`` makes any other batch size an
+    error. ``calls="all"`` perturbs every call of the
+    module in the scope (a bi-encoder embedding two texts with one table), ``"first"`` only
+    the first (an encoder and a decoder sharing one embedding module). ``layout`` holds the
+    noise's declared extras (``mask``, ``lengths``, see :mod:`rxf.noise`); each is passed to
+    the sampler only for calls whose output it fits.
+
+    Args:
+        module: the embedding module (its output: a floating tensor, or a container of one,
+            see :func:`split_embedding_output`).
+        sampler: a :class:`rxf.noise.NoiseSampler`.
+        eps: the noise scale.
 
     Example:
         >>> from rxf.noise import uniform_noise
@@ -96,16 +192,104 @@ def perturb(
 
     def hook(mod: nn.Module, args: Any, output: Any) -> Any:
         record.calls += 1
-        if record.calls > 1:
+        if calls == "first" and record.calls > 1:
             return None
-        check_embedding_output(mod, output)
-        noise = sampler(output, eps, mask=mask)
-        noisy = add_noise(output, noise, detach)
-        record_levels(record, output, noisy, noise)
-        return noisy
+        tensor, put_back = split_embedding_output(mod, output)
+        if expect_rows is not None and (tensor.dim() == 0 or tensor.shape[0] != expect_rows):
+            raise RXFError(
+                f"concat mode: the embedding output has shape {tuple(tensor.shape)}, expected "
+                f"the doubled batch {expect_rows} first. Use RXFConfig(mode='two_pass')."
+            )
+        target = tensor if rows is None else tensor[rows]
+        extras = {k: v for k, v in (layout or {}).items() if _fits(v, target)}
+        noise = sampler(target, eps, **extras)
+        noisy = add_noise(target, noise, detach)
+        if record.perturbed == 0:
+            record_levels(record, target, noisy, noise)
+        record.perturbed += 1
+        if rows is not None:
+            start, stop, _ = rows.indices(tensor.shape[0])
+            noisy = torch.cat([tensor[:start], noisy, tensor[stop:]])
+        return put_back(noisy)
 
     handle = module.register_forward_hook(hook)
     try:
         yield record
     finally:
         handle.remove()
+
+
+def _fits(extra: Tensor | None, target: Tensor) -> bool:
+    return extra is not None and tuple(extra.shape) == tuple(target.shape[: extra.dim()])
+
+
+@contextmanager
+def watch_other_hooks(module: nn.Module, name: str) -> Iterator[None]:
+    """Raise :class:`RXFError` when another forward hook on ``module`` changes its output.
+
+    rxf's noise must be the only perturbation of the embedding: another one (e.g. a
+    Trainer's NEFTune hook) would make the "clean" pass noisy and give the noisy pass two
+    noises. A first-running observer keeps the raw output; the check runs in a last-running
+    observer and costs an identity test, plus a comparison only when a hook returned a new
+    tensor.
+    """
+    seen: list[Any] = []
+
+    def first(mod: nn.Module, args: Any, output: Any) -> None:
+        seen.append(output)
+
+    def last(mod: nn.Module, args: Any, output: Any) -> None:
+        raw = seen.pop() if seen else output
+        if output is raw:
+            return
+        try:
+            before, _ = split_embedding_output(mod, raw)
+            after, _ = split_embedding_output(mod, output)
+            same = before.shape == after.shape and torch.equal(before, after)
+        except TypeError:
+            same = False
+        if not same:
+            raise RXFError(other_hook_message(mod, name, [first, last]))
+
+    handles = [
+        module.register_forward_hook(first, prepend=True),
+        module.register_forward_hook(last),
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def other_hook_message(module: nn.Module, name: str, own: list[Any]) -> str:
+    """The error for a foreign hook that changes the embedding output, naming the hooks."""
+    names = [
+        getattr(h, "__qualname__", type(h).__name__)
+        for h in module._forward_hooks.values()
+        if h not in own
+    ]
+    return (
+        f"another forward hook on the embedding module {name!r} changes its output "
+        f"({', '.join(names) or 'unnamed'}): under rxf the clean pass would be perturbed and "
+        f"the noisy pass would get two noises. Remove that hook (a Hugging Face Trainer's "
+        f"NEFTune: leave TrainingArguments.neftune_noise_alpha unset); for NEFTune noise "
+        f"through rxf use rxf.wrap(model, noise_type='neftune', eps=alpha, r3f_lambda=0)."
+    )
+
+
+def probe_other_hooks(module: nn.Module, name: str) -> None:
+    """At wrap time: run an ``nn.Embedding`` that already carries forward hooks once, on one
+    token in training mode (RNG state restored), and refuse if a hook changes its output."""
+    if not module._forward_hooks or not isinstance(module, nn.Embedding):
+        return
+    ids = torch.zeros((1, 1), dtype=torch.long, device=module.weight.device)
+    training = module.training
+    devices = [module.weight.device] if module.weight.device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            module.train()
+            with watch_other_hooks(module, name):
+                module(ids)
+    finally:
+        module.train(training)

@@ -101,6 +101,20 @@ def input_mask(model: nn.Module, inputs: ForwardInputs) -> Tensor | None:
     return result
 
 
+def sequence_starts(model: nn.Module, inputs: ForwardInputs) -> Tensor | None:
+    """Where packed sequences begin in the input rows, or ``None`` (one per row)."""
+    result: Tensor | None = plugin_manager().hook.rxf_sequence_starts(model=model, inputs=inputs)
+    return result
+
+
+def embedding_calls(model: nn.Module) -> str:
+    """``"all"`` or ``"first"``: which embedding calls of a noisy pass get noise."""
+    result = plugin_manager().hook.rxf_embedding_calls(model=model)
+    if result not in ("all", "first"):
+        raise RXFError(f"rxf_embedding_calls returned {result!r}; expected 'all' or 'first'")
+    return str(result)
+
+
 def _merged_registry(hook_name: str, kind: str) -> dict[str, Callable[..., Any]]:
     pm = plugin_manager()
     hook = getattr(pm.hook, hook_name)

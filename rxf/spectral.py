@@ -38,11 +38,30 @@ def apply_spectral_norm(
     """
     done = []
     for linear in head_linears(head, scope):
+        _check_whole(linear)
         if not parametrize.is_parametrized(linear, "weight"):
             spectral_norm(linear)
             _start_at_top_singular_pair(linear)
             done.append(linear)
     return done
+
+
+def _check_whole(linear: nn.Linear) -> None:
+    """Refuse a head weight that is already sharded: its σ needs the whole matrix."""
+    weight = linear.weight
+    sharded = (
+        type(weight).__name__ == "DTensor"  # FSDP2 fully_shard, tensor parallel
+        or hasattr(weight, "ds_id")  # DeepSpeed ZeRO-3 partitioned parameter
+        or weight.numel() == 0
+    )
+    if sharded:
+        raise RXFError(
+            f"R4F needs the whole weight of the head's {type(linear).__name__} to normalize it "
+            f"by its largest singular value, but the weight is sharded "
+            f"({type(weight).__name__} of shape {tuple(weight.shape)}: FSDP2 fully_shard or "
+            f"DeepSpeed ZeRO-3). Wrap before sharding: rxf.wrap(model, spectral_norm_head=True) "
+            f"first, then fully_shard / deepspeed.initialize."
+        )
 
 
 def _start_at_top_singular_pair(linear: nn.Linear) -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import dataclasses
 import inspect
 import math
 import types
 import warnings
-from collections.abc import Mapping
+import weakref
+from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
 import torch
@@ -17,10 +21,12 @@ from rxf.batchnorm import frozen_batchnorm_stats
 from rxf.config import RXFConfig
 from rxf.discovery import Targets, discover
 from rxf.divergence import reduce_positions
-from rxf.errors import RXFError, RXFPrecisionWarning
+from rxf.errors import RXFError, RXFPrecisionWarning, RXFUnusedTermWarning
 from rxf.inputs import ForwardInputs
-from rxf.perturbation import PerturbationRecord, perturb
-from rxf.spectral import baked_state_dict, remove_spectral_norm
+from rxf.noise import declared_extras, lengths_from_starts
+from rxf.perturbation import PerturbationRecord, perturb, probe_other_hooks, watch_other_hooks
+from rxf.rng import RNGState, replayed_stream
+from rxf.spectral import apply_spectral_norm, baked_state_dict, remove_spectral_norm
 
 _INNER = "module"
 
@@ -34,24 +40,106 @@ class RXFModel(nn.Module):
     one. With ``mode="concat"`` the two passes are one forward over the doubled batch
     (:mod:`rxf.concat`). With ``r3f_lambda=0`` it is one noisy pass (noise only). In eval mode
     it is one plain forward. Unknown attributes are read from the inner model, whose forward
-    signature the wrapper shows.
+    signature the wrapper shows. The wrapper starts in the inner model's train/eval mode.
+
+    The term of a training forward reaches the returned loss whatever container holds it
+    (a ``ModelOutput`` or dict, an object with ``.loss``, a frozen dataclass, a named tuple,
+    a tuple starting with a 0-dim loss); when the model returns no loss, add
+    ``model.consistency_loss`` to yours. A term that is neither added to a returned loss nor
+    read before the next training forward triggers one :class:`rxf.RXFUnusedTermWarning`.
+    The term is released (detached) once its gradient has been computed, and copies,
+    pickles and ``state_dict`` never carry a graph.
     """
 
     def __init__(self, module: nn.Module, config: RXFConfig, targets: Targets) -> None:
         super().__init__()
         self.module = module
+        self.training = module.training  # not .train(): keeps the inner model's own modes
         self.rxf_config = config
         self.rxf_targets = targets
         self._sampler = plugins.noise_types()[config.noise_type]
+        self._extras = declared_extras(self._sampler)
+        self._embedding_calls = config.embedding_calls or plugins.embedding_calls(module)
         self._divergences = plugins.divergences()
         self._warned_precision = False
+        self._warned_unused = False
         self._checked_dtype: torch.dtype | None = None
         self._batch_norms: list[tuple[str, nn.Module]] | None = None
-        self.consistency_loss: Tensor = torch.zeros(())
+        self._reentrant_checked: int | None = None
+        self._term: Tensor = torch.zeros(())
+        self._term_consumed = True
         self._stats: dict[str, Any] = {"mode": "none"}
         self._register_state_dict_hook(_strip_inner_prefix)
         self._register_load_state_dict_pre_hook(_add_inner_prefix)
-        self.forward = types.MethodType(_forward_with_signature_of(module), self)  # type: ignore[method-assign]
+        self._bind_forward()
+
+    def _bind_forward(self) -> None:
+        self.forward = types.MethodType(_forward_with_signature_of(self.module), self)  # type: ignore[method-assign]
+
+    @property
+    def consistency_loss(self) -> Tensor:
+        """``r3f_lambda · divergence`` of the last training forward: a 0-dim float32 tensor
+        with its graph until its gradient has been computed; zero in eval mode and in
+        noise-only mode. Reading it counts as using the term."""
+        self._term_consumed = True
+        return self._term
+
+    def _set_term(self, term: Tensor, consumed: bool) -> None:
+        self._term, self._term_consumed = term, consumed
+        if term.requires_grad and not torch.compiler.is_compiling():
+            owner, made = weakref.ref(self), id(term)
+
+            def release(grad: Tensor) -> None:  # the step's backward reached the term
+                me = owner()
+                if me is not None and id(me._term) == made:
+                    me._term_consumed = True
+                    me._term = me._term.detach()
+
+            term.register_hook(release)
+
+    def _check_unused_term(self) -> None:
+        if self._term_consumed or self._warned_unused or not self._term.requires_grad:
+            return
+        self._warned_unused = True
+        warnings.warn(
+            "the consistency term of the last training forward was never used: the model "
+            "returned no loss to add it to, model.consistency_loss was not read and no "
+            "gradient reached it, so that step trained without the regularizer. Add it to "
+            "your loss: loss = my_loss(out.logits, y) + model.consistency_loss (with a Hugging "
+            "Face Trainer that computes the loss itself, e.g. with label smoothing, use "
+            "rxf_transformers.RXFTrainer).",
+            RXFUnusedTermWarning,
+            stacklevel=4,
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        if self.rxf_targets.spectral_linears:
+            raise RXFError(
+                "a model with R4F (spectral_norm_head=True) cannot be pickled whole (torch.save "
+                "of the model object): torch serializes parametrized modules only through "
+                "state_dict(). Save torch.save(model.state_dict(), path), "
+                "model.save_pretrained(path), or the plain model rxf.unwrap(model) (R4F baked "
+                "in)."
+            )
+        return self._portable_state()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._bind_forward()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> RXFModel:
+        clone = type(self).__new__(type(self))
+        memo[id(self)] = clone
+        clone.__dict__.update(copy.deepcopy(self._portable_state(), memo))
+        clone._bind_forward()
+        return clone
+
+    def _portable_state(self) -> dict[str, Any]:
+        """The instance state without the bound forward and without any autograd graph."""
+        state = self.__dict__.copy()
+        state.pop("forward", None)
+        state["_term"] = self._term.detach()
+        return state
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -65,20 +153,28 @@ class RXFModel(nn.Module):
         cfg = self.rxf_config
         if not self.training:
             return self._single_pass(args, kwargs, noisy=False, mode="eval")
+        self._check_unused_term()
         if cfg.r3f_lambda == 0:
             return self._single_pass(args, kwargs, noisy=True, mode="noise_only")
         inputs = ForwardInputs(args, kwargs)
         if cfg.mode == "concat":
             output, clean_logits, noisy_logits, record = self._concat_pass(inputs)
         else:
-            output = self.module(*args, **kwargs)
-            detach = cfg.detach_noisy_embedding
-            with self._perturbed(inputs, detach) as record, frozen_batchnorm_stats(self.module):
-                noisy_output = self.module(*args, **kwargs)
+            start = RNGState.capture(self._device()) if cfg.share_dropout_masks else None
+            with self._watched():
+                output = self.module(*_own_copies(args), **_own_copies(kwargs))
+            self._check_ddp_reentrant(output)
+            with (
+                self._perturbed(inputs, cfg.detach_noisy_embedding, start) as record,
+                frozen_batchnorm_stats(self.module),
+            ):
+                noisy_output = self.module(*_own_copies(args), **_own_copies(kwargs))
+            _check_distinct(output, noisy_output, type(self.module).__name__)
             clean_logits, noisy_logits = self._logits(output), self._logits(noisy_output)
         divergence, name, positions = self._divergence(inputs, output, clean_logits, noisy_logits)
-        self.consistency_loss = cfg.r3f_lambda * divergence
-        _add_to_loss(output, self.consistency_loss)
+        term = cfg.r3f_lambda * divergence
+        output, added = _with_term(output, term)
+        self._set_term(term, consumed=added)
         self._record(
             cfg.mode,
             record,
@@ -88,6 +184,31 @@ class RXFModel(nn.Module):
         )
         return output
 
+    def _device(self) -> torch.device:
+        weight = next(iter(self.rxf_targets.embedding.parameters()), None)
+        if weight is None:
+            weight = next(iter(self.module.parameters()), None)
+        return weight.device if weight is not None else torch.device("cpu")
+
+    def _watched(self) -> Any:
+        return watch_other_hooks(self.rxf_targets.embedding, self.rxf_targets.embedding_name)
+
+    def _check_ddp_reentrant(self, output: Any) -> None:
+        """Refuse two passes with reentrant checkpointing inside a non-static DDP forward:
+        every checkpointed parameter would be marked ready twice in one backward."""
+        ddp = getattr(nn.parallel.DistributedDataParallel, "_active_ddp_module", None)
+        if ddp is None or getattr(ddp, "static_graph", False) or self._reentrant_checked == id(ddp):
+            return
+        self._reentrant_checked = id(ddp)
+        if _has_reentrant_checkpoint(self._logits(output)):
+            raise RXFError(
+                "two-pass R3F under DistributedDataParallel with reentrant gradient "
+                "checkpointing (use_reentrant=True): both passes re-run the checkpointed layers "
+                "in one backward, so DDP would mark their parameters ready twice ('Expected to "
+                "mark a variable ready only once'). Use RXFConfig(mode='concat') (one forward), "
+                "DDP(..., static_graph=True), or use_reentrant=False."
+            )
+
     def _concat_pass(self, inputs: ForwardInputs) -> tuple[Any, Tensor, Tensor, PerturbationRecord]:
         """One forward over ``cat([x, x])``, noise on the second half; see :mod:`rxf.concat`."""
         if self._batch_norms is None:
@@ -96,15 +217,19 @@ class RXFModel(nn.Module):
         batch = concat.batch_size_of(inputs)
         doubled = concat.double_inputs(concat.with_decoder_inputs(self.module, inputs), batch)
         cfg = self.rxf_config
-        mask = plugins.input_mask(self.module, inputs) if cfg.noise_type == "neftune" else None
-        with concat.perturb_second_half(
-            self.rxf_targets.embedding,
-            self._sampler,
-            cfg.eps,
-            batch,
-            detach=cfg.detach_noisy_embedding,
-            mask=mask,
-        ) as record:
+        with (
+            self._watched(),
+            perturb(
+                self.rxf_targets.embedding,
+                self._sampler,
+                cfg.eps,
+                detach=cfg.detach_noisy_embedding,
+                rows=slice(batch, None),
+                expect_rows=2 * batch,
+                calls=self._embedding_calls,  # type: ignore[arg-type]
+                layout=self._layout(inputs),
+            ) as record,
+        ):
             output = self.module(*doubled.args, **doubled.kwargs)
         logits = self._logits(output)
         if logits.dim() == 0 or logits.shape[0] != 2 * batch:
@@ -152,8 +277,7 @@ class RXFModel(nn.Module):
     def _single_pass(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], noisy: bool, mode: str
     ) -> Any:
-        ref = next(iter(self.module.parameters()), None)
-        self.consistency_loss = torch.zeros((), device=ref.device if ref is not None else None)
+        self._set_term(torch.zeros((), device=self._device()), consumed=True)
         if not noisy:
             self._stats = {"mode": mode, "consistency_loss": 0.0}
             return self.module(*args, **kwargs)
@@ -164,17 +288,43 @@ class RXFModel(nn.Module):
         self._record(mode, record)
         return output
 
-    def _perturbed(self, inputs: ForwardInputs, detach: bool) -> Any:
-        mask = None
-        if self.rxf_config.noise_type == "neftune":
-            mask = plugins.input_mask(self.module, inputs)
-        return perturb(
-            self.rxf_targets.embedding,
-            self._sampler,
-            self.rxf_config.eps,
-            detach=detach,
-            mask=mask,
-        )
+    @contextlib.contextmanager
+    def _perturbed(
+        self, inputs: ForwardInputs, detach: bool, replay: RNGState | None = None
+    ) -> Iterator[PerturbationRecord]:
+        """The noisy pass's scope: other hooks watched, noise on the embedding calls; with
+        ``replay`` the RNG rewinds to it (same dropout masks) and the noise is drawn aside."""
+        sampler = self._sampler
+        with contextlib.ExitStack() as stack:
+            if replay is not None:
+                draw = stack.enter_context(replayed_stream(self._device(), replay))
+                base = sampler
+                sampler = lambda e, eps, **kw: draw(base, e, eps, **kw)  # noqa: E731
+            stack.enter_context(self._watched())
+            record = stack.enter_context(
+                perturb(
+                    self.rxf_targets.embedding,
+                    sampler,
+                    self.rxf_config.eps,
+                    detach=detach,
+                    calls=self._embedding_calls,  # type: ignore[arg-type]
+                    layout=self._layout(inputs),
+                )
+            )
+            yield record
+
+    def _layout(self, inputs: ForwardInputs) -> dict[str, Tensor | None]:
+        """The extras the noise declares (``mask``, ``lengths``), computed only for it."""
+        if not self._extras:
+            return {}
+        mask = plugins.input_mask(self.module, inputs)
+        layout: dict[str, Tensor | None] = {"mask": mask}
+        if "lengths" in self._extras:
+            starts = plugins.sequence_starts(self.module, inputs)
+            if starts is None and mask is not None:
+                starts = torch.zeros_like(mask, dtype=torch.bool)
+            layout["lengths"] = None if starts is None else lengths_from_starts(starts, mask)
+        return {k: v for k, v in layout.items() if k in self._extras}
 
     def _logits(self, output: Any) -> Tensor:
         logits = plugins.extract_logits(self.module, output)
@@ -207,12 +357,17 @@ class RXFModel(nn.Module):
                 f"at the module that embeds this model's inputs (and compile the wrapped model, "
                 f"not a part of it: compiled code ignores hooks added later)."
             )
-        stats: dict[str, Any] = {"mode": mode, "embedding_dtype": str(record.dtype)}
+        stats: dict[str, Any] = {
+            "mode": mode,
+            "embedding_dtype": str(record.dtype),
+            "embedding_calls": record.calls,
+            "perturbed_calls": record.perturbed,
+        }
         if record.signal_rms is not None and record.noise_rms is not None:
             stats["_levels"] = (record.noise_rms, record.signal_rms)
             self._check_precision(record)
         if "divergence" in extra:
-            stats["consistency_loss"] = self.consistency_loss.detach()
+            stats["consistency_loss"] = self._term.detach()
         stats.update(extra)
         self._stats = stats
 
@@ -280,20 +435,88 @@ def _forward_with_signature_of(module: nn.Module) -> types.FunctionType:
 
 
 def _loss_of(output: Any) -> Tensor | None:
-    loss = getattr(output, "loss", None)
-    if loss is None and isinstance(output, dict):
+    """The loss a forward returned: ``.loss`` / ``["loss"]``, or the first element of a
+    plain tuple or list when it is a 0-dim floating-point tensor (``return_dict=False``)."""
+    if isinstance(output, Mapping):
         loss = output.get("loss")
+    elif isinstance(output, (tuple, list)) and not hasattr(output, "_fields"):
+        loss = output[0] if output else None
+        if not (isinstance(loss, Tensor) and loss.dim() == 0 and loss.is_floating_point()):
+            loss = None
+    else:
+        loss = getattr(output, "loss", None)
     return loss if isinstance(loss, Tensor) else None
 
 
-def _add_to_loss(output: Any, term: Tensor) -> None:
+def _with_term(output: Any, term: Tensor) -> tuple[Any, bool]:
+    """``output`` with ``term`` added to the loss it holds, and whether it held one.
+
+    Mappings (incl. ``ModelOutput``) and objects with a settable ``loss`` are updated in
+    place; frozen dataclasses, named tuples, tuples and lists are rebuilt.
+
+    Raises:
+        RXFError: the output holds a loss in a container rxf cannot update.
+    """
     loss = _loss_of(output)
     if loss is None:
-        return
-    if isinstance(getattr(output, "loss", None), Tensor):
-        output.loss = loss + term
+        return output, False
+    total = loss + term
+    if isinstance(output, MutableMapping):
+        output["loss"] = total
+    elif isinstance(output, tuple) and hasattr(output, "_replace"):
+        output = output._replace(loss=total)
+    elif isinstance(output, (tuple, list)):
+        output = type(output)([total, *output[1:]])
+    elif dataclasses.is_dataclass(output) and _frozen(output):
+        output = dataclasses.replace(output, loss=total)  # type: ignore[type-var]
     else:
-        output["loss"] = loss + term
+        try:
+            output.loss = total
+        except AttributeError as exc:
+            raise RXFError(
+                f"rxf cannot add the consistency term to the loss of a "
+                f"{type(output).__name__}: its 'loss' cannot be set ({exc}). Return a dict, "
+                f"a dataclass or a tuple, or compute the loss outside the model and add "
+                f"model.consistency_loss to it."
+            ) from exc
+    return output, True
+
+
+def _frozen(instance: Any) -> bool:
+    params = getattr(type(instance), "__dataclass_params__", None)
+    return bool(getattr(params, "frozen", False))
+
+
+def _own_copies(values: Any) -> Any:
+    """Shallow copies of mapping arguments, so each pass has its own (a forward that writes
+    its outputs into its input mapping and returns it cannot overwrite the other pass's)."""
+    if isinstance(values, dict) and type(values) is dict:
+        return {k: copy.copy(v) if isinstance(v, MutableMapping) else v for k, v in values.items()}
+    return tuple(copy.copy(v) if isinstance(v, MutableMapping) else v for v in values)
+
+
+def _check_distinct(clean: Any, noisy: Any, model: str) -> None:
+    if clean is noisy:
+        raise RXFError(
+            f"{model} returned the same object from the clean and the noisy pass, so the noisy "
+            f"pass overwrote the clean output and the consistency term would be 0. Return a "
+            f"new output object from forward (not one of its arguments, mutated)."
+        )
+
+
+def _has_reentrant_checkpoint(logits: Tensor) -> bool:
+    """Whether ``logits``' graph holds a reentrant ``torch.utils.checkpoint`` segment."""
+    seen: set[int] = set()
+    stack = [logits.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if type(node).__name__ == "CheckpointFunctionBackward":
+            return True
+        stack.extend(next_fn for next_fn, _ in node.next_functions)
+    return False
 
 
 def _strip_inner_prefix(
@@ -344,7 +567,11 @@ def wrap(
         )
     base = config if isinstance(config, RXFConfig) else RXFConfig.from_dict(config or {})
     cfg = base.with_overrides(**overrides)
-    return RXFModel(model, cfg, discover(model, cfg, apply_r4f=True))
+    targets = discover(model, cfg)
+    probe_other_hooks(targets.embedding, targets.embedding_name)
+    if targets.head is not None:
+        targets.spectral_linears = apply_spectral_norm(targets.head, cfg.spectral_norm_scope)
+    return RXFModel(model, cfg, targets)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

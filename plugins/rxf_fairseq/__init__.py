@@ -4,8 +4,9 @@ Registered through the ``rxf`` entry-point group. It recognises models whose cla
 from fairseq or whose ``forward`` takes ``src_tokens``, and tells rxf:
 
 * the embedding: ``encoder.sentence_encoder.embed_tokens`` (RoBERTa),
-  ``encoder.embed_tokens`` (transformer, BART; a shared decoder table stays clean because
-  only the first lookup of a pass gets noise), ``decoder.embed_tokens`` (language models);
+  ``encoder.embed_tokens`` (transformer, BART), ``decoder.embed_tokens`` (language models);
+* the embedding calls: only the first (the encoder's) when the encoder and the decoder share
+  one embedding module, so the decoder's input stays clean;
 * the head for R4F: the one ``classification_heads[name]`` (its final Linear, ``out_proj``);
 * the token mask: non-padding ``prev_output_tokens`` (seq2seq) or ``src_tokens``.
 
@@ -26,6 +27,7 @@ from rxf_fairseq.criteria import (
 )
 from rxf_fairseq.hooks import (
     is_fairseq_style,
+    rxf_embedding_calls,
     rxf_find_embedding,
     rxf_find_head,
     rxf_input_mask,
@@ -39,6 +41,7 @@ __all__ = [
     "is_fairseq_style",
     "label_smoothed_nll_loss",
     "reference_config",
+    "rxf_embedding_calls",
     "rxf_find_embedding",
     "rxf_find_head",
     "rxf_input_mask",

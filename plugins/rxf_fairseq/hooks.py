@@ -85,6 +85,18 @@ def rxf_find_embedding(model: nn.Module) -> nn.Module | None:
 
 
 @hookimpl
+def rxf_embedding_calls(model: nn.Module) -> str | None:
+    """``"first"`` when the encoder and the decoder call one embedding module
+    (``--share-all-embeddings``): the encoder's lookup comes first, and only the source is
+    perturbed, as in ``label_smoothed_cross_entropy_r3f``."""
+    if not is_fairseq_style(model):
+        return None
+    encoder = _submodule(model, ("encoder", "embed_tokens"))
+    decoder = _submodule(model, ("decoder", "embed_tokens"))
+    return "first" if encoder is not None and encoder is decoder else None
+
+
+@hookimpl
 def rxf_find_head(model: nn.Module) -> nn.Module | None:
     """The one registered ``classification_heads[name]``; an error when there are several
     or none (R4F does not apply to a generation output projection)."""

@@ -9,7 +9,10 @@ first use. It recognises ``PreTrainedModel``-like models by duck typing and answ
 * the head for R4F: ``classifier``, ``classification_head`` or ``score`` (R4F is refused
   with :class:`rxf.RXFError` for generation heads such as ``lm_head``);
 * the logits: ``output.logits``;
-* the token mask: positions whose label is not -100, shifted by one for causal LMs.
+* the token mask: positions whose label is not -100, shifted by one for causal LMs;
+* the embedding calls: only the first (the encoder's) when an encoder-decoder's encoder and
+  decoder call one embedding module;
+* the sequence starts of packed rows (``cu_seq_lens_q``), for length-aware noise.
 
 Importing this package does not import ``transformers``; :class:`RXFCallback` and
 :class:`RXFTrainer` (which need its types) are built on first access.
@@ -29,18 +32,22 @@ from __future__ import annotations
 from typing import Any
 
 from rxf_transformers.hooks import (
+    rxf_embedding_calls,
     rxf_extract_logits,
     rxf_find_embedding,
     rxf_find_head,
+    rxf_sequence_starts,
     rxf_token_mask,
 )
 
 __all__ = [
     "RXFCallback",
     "RXFTrainer",
+    "rxf_embedding_calls",
     "rxf_extract_logits",
     "rxf_find_embedding",
     "rxf_find_head",
+    "rxf_sequence_starts",
     "rxf_token_mask",
 ]
 

@@ -93,6 +93,16 @@ def token_embedding(model: nn.Module) -> nn.Module | None:
     return None
 
 
+def shares_embedding_module(model: nn.Module) -> bool:
+    """Whether an encoder-decoder's encoder and decoder call one embedding module object."""
+    getters = [getattr(model, name, None) for name in ("get_encoder", "get_decoder")]
+    if not all(callable(g) for g in getters):
+        return False
+    sides = [g() for g in getters]  # type: ignore[misc]
+    tables = [_input_embeddings(side) if isinstance(side, nn.Module) else None for side in sides]
+    return tables[0] is not None and tables[0] is tables[1]
+
+
 def generation_head(model: nn.Module) -> nn.Module | None:
     """The vocabulary projection (``lm_head``, ``cls.predictions.decoder``), if any."""
     getter = getattr(model, "get_output_embeddings", None)

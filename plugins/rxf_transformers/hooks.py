@@ -43,6 +43,24 @@ def rxf_extract_logits(model: nn.Module, output: Any) -> Tensor | None:
 
 
 @hookimpl
+def rxf_embedding_calls(model: nn.Module) -> str | None:
+    """``"first"`` for an encoder-decoder whose encoder and decoder call one embedding
+    module (``set_input_embeddings`` on BART/T5 ties them): only the source is perturbed."""
+    if not families.is_transformers_model(model) or not families.is_encoder_decoder(model):
+        return None
+    return "first" if families.shares_embedding_module(model) else None
+
+
+@hookimpl
+def rxf_sequence_starts(model: nn.Module, inputs: ForwardInputs) -> Tensor | None:
+    """Packed rows from ``DataCollatorWithFlattening(return_flash_attn_kwargs=True)``:
+    ``cu_seq_lens_q`` holds the cumulative sequence lengths of the one flattened row."""
+    if not families.is_transformers_model(model):
+        return None
+    return masks.sequence_starts(inputs)
+
+
+@hookimpl
 def rxf_token_mask(model: nn.Module, inputs: ForwardInputs, output: Any) -> Tensor | None:
     """Labels-aware position mask: seq2seq, shifted for causal LMs, plain otherwise."""
     if not families.is_transformers_model(model):

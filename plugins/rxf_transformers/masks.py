@@ -92,3 +92,25 @@ def _fit(mask: Tensor, logits: Tensor) -> Tensor:
         f"fit logits of shape {tuple(logits.shape)}; pass labels shaped like the logits' "
         f"(batch, positions), or set RXFConfig(token_reduction='reference')."
     )
+
+
+def sequence_starts(inputs: ForwardInputs) -> Tensor | None:
+    """Where the packed sequences of a flattened row begin, from ``cu_seq_lens_q`` (the
+    cumulative lengths ``[0, L_1, L_1 + L_2, ...]`` that ``DataCollatorWithFlattening``
+    returns with ``return_flash_attn_kwargs=True``); ``None`` without it.
+
+    Example:
+        >>> inputs = ForwardInputs((), {"input_ids": torch.zeros(1, 5, dtype=torch.long),
+        ...     "cu_seq_lens_q": torch.tensor([0, 2, 5])})
+        >>> sequence_starts(inputs).int().tolist()
+        [[1, 0, 1, 0, 0]]
+    """
+    cumulative = inputs.get("cu_seq_lens_q")
+    ids = inputs.get("input_ids", 0)
+    if not isinstance(cumulative, Tensor) or cumulative.dim() != 1:
+        return None
+    tokens = int(cumulative[-1]) if ids is None else int(ids.shape[-1])
+    starts = torch.zeros(1, tokens, dtype=torch.bool, device=cumulative.device)
+    firsts = cumulative[:-1].long()
+    starts[0, firsts[firsts < tokens]] = True
+    return starts

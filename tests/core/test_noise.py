@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rxf.noise import neftune_noise, normal_noise, uniform_noise
+from rxf.noise import lengths_from_starts, neftune_noise, normal_noise, uniform_noise
 
 N = 200_000
 
@@ -61,7 +61,8 @@ def test_neftune_scales_by_real_length() -> None:
     mask = torch.zeros(batch, tokens, dtype=torch.bool)
     mask[0, :400] = True
     mask[1, :100] = True
-    z = neftune_noise(torch.zeros(batch, tokens, dim), alpha, mask=mask)
+    lengths = lengths_from_starts(torch.zeros_like(mask), mask)
+    z = neftune_noise(torch.zeros(batch, tokens, dim), alpha, lengths=lengths)
     for row, length in ((0, 400), (1, 100)):
         bound = alpha / math.sqrt(length * dim)
         assert z[row].abs().max() <= bound

@@ -70,7 +70,7 @@ def test_embedding_gradient_paths(detach: bool, batch) -> None:
     model = rxf.wrap(net, eps=0.5, detach_noisy_embedding=detach)
     noises: list[torch.Tensor] = []
     sampler = model._sampler
-    model._sampler = lambda e, eps, mask=None: noises.append(sampler(e, eps, mask)) or noises[-1]
+    model._sampler = lambda e, eps: noises.append(sampler(e, eps)) or noises[-1]
     model(**batch)
     model.consistency_loss.backward()
     got = net.embed_tokens.weight.grad
@@ -111,7 +111,7 @@ def test_forward_counts(tiny, batch) -> None:
 def test_lambda_zero_is_one_noisy_pass(tiny, batch) -> None:
     tiny.eval()
     clean = tiny(**batch)["logits"]
-    model = rxf.wrap(tiny, eps=0.5, r3f_lambda=0.0)
+    model = rxf.wrap(tiny, eps=0.5, r3f_lambda=0.0).train()  # it starts in tiny's eval mode
     calls = count_calls(tiny)
     out = model(**batch)
     assert len(calls) == 1

@@ -293,8 +293,8 @@ class NoiseRecorder:
         self.samples: list[torch.Tensor] = []
 
     def _recording(self, sampler: Any) -> Any:
-        def draw(embeddings: torch.Tensor, eps: float, mask: Any = None) -> torch.Tensor:
-            noise = sampler(embeddings, eps, mask=mask)
+        def draw(embeddings: torch.Tensor, eps: float) -> torch.Tensor:
+            noise = sampler(embeddings, eps)
             self.samples.append(noise.detach().clone())
             return noise
 
