@@ -30,7 +30,7 @@ BUILTIN_MODELS = {"minilm": "text", "efficientnet_lite0": "image"}
 BUILTIN_DATASETS = {"bbc_news": "text", "digits": "image"}
 DATA_SUFFIXES = (".csv", ".jsonl", ".json")
 
-Method = Literal["standard", "r3f", "r4f"]
+Method = Literal["standard", "r3f", "r4f", "rdrop", "r3f_shared_dropout"]
 _STRICT = ConfigDict(frozen=True, extra="forbid", validate_default=True)
 
 
@@ -45,6 +45,15 @@ def _seed_list(value: Any) -> Any:
 def _no_repeats(value: list[Any]) -> list[Any]:
     if len(set(value)) != len(value):
         raise ValueError(f"{value} lists an entry twice")
+    return value
+
+
+def _known_methods(value: list[str]) -> list[str]:
+    if "r3f_shared_dropout" in value and "share_dropout_masks" not in RXFConfig.model_fields:
+        raise ValueError(
+            "'r3f_shared_dropout' needs RXFConfig(share_dropout_masks=True), which this rxf "
+            "version lacks; upgrade rxf or drop the method"
+        )
     return value
 
 
@@ -287,8 +296,10 @@ class FinetuneConfig(BaseModel):
     methods: list[Method] = Field(
         ["standard", "r3f", "r4f"],
         min_length=1,
-        description="Any subset of 'standard' (plain fine-tuning), 'r3f' and 'r4f' "
-        "(R3F + spectral norm on the head).",
+        description="Any subset of 'standard' (plain fine-tuning), 'r3f', 'r4f' (R3F + "
+        "spectral norm on the head), 'rdrop' (eps = 0: dropout consistency only) and "
+        "'r3f_shared_dropout' (R3F whose noisy pass reuses the clean pass's dropout masks: "
+        "the term measures the noise alone). Each is compared with 'standard' seed by seed.",
     )
     seeds: list[int] = Field(
         [0, 1, 2],
@@ -309,6 +320,7 @@ class FinetuneConfig(BaseModel):
 
     _seeds = field_validator("seeds", mode="before")(_seed_list)
     _distinct = field_validator("methods", "seeds")(_no_repeats)
+    _methods = field_validator("methods")(_known_methods)
     _rxf = field_validator("rxf", mode="before")(_no_spectral_switch)
     _output = model_validator(mode="before")(_output_in_config_folder)
 
@@ -385,6 +397,7 @@ class ProbeConfig(BaseModel):
 
     _seeds = field_validator("seeds", mode="before")(_seed_list)
     _distinct = field_validator("methods", "seeds")(_no_repeats)
+    _methods = field_validator("methods")(_known_methods)
     _rxf = field_validator("rxf", mode="before")(_no_spectral_switch)
     _output = model_validator(mode="before")(_output_in_config_folder)
 

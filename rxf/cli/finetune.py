@@ -118,6 +118,7 @@ def _show_targets(cfg: FinetuneConfig, num_labels: int, out: TextIO) -> None:
     task = models.build(cfg.model, num_labels)
     spectral = "r4f" in cfg.methods
     print(rxf.explain(task.module, cfg.rxf, spectral_norm_head=spectral), file=out)
+    del task
 
 
 def _write_outputs(
@@ -131,6 +132,7 @@ def _write_outputs(
     if not results:
         return
     rows = report.summarize(results, cfg.methods)
+    paired = report.comparisons(results, cfg.methods)
     about = {
         "model": cfg.model.name,
         "dataset": cfg.data.dataset,
@@ -146,8 +148,10 @@ def _write_outputs(
         "config": cfg.model_dump(mode="json"),
     }
     cfg.output.mkdir(parents=True, exist_ok=True)
-    written = list(report.write(cfg.output, rows, results, about, complete))
+    written = list(report.write(cfg.output, rows, paired, results, about, complete))
     if with_plots:
         written += plotting.plot_all(results, cfg.methods, cfg.output)
-    print("\n" + report.markdown(rows), file=out)
+        if paired:
+            written.append(plotting.paired_plot(paired, cfg.output))
+    print("\n" + report.markdown(rows, paired), file=out)
     print(f"wrote {', '.join(str(p) for p in written)}", file=out)

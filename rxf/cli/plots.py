@@ -12,15 +12,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-_COLORS = {"standard": "#4c72b0", "r3f": "#dd8452", "r4f": "#55a868"}
+_COLORS = {
+    "standard": "#4c72b0",
+    "r3f": "#dd8452",
+    "r4f": "#55a868",
+    "rdrop": "#c44e52",
+    "r3f_shared_dropout": "#8172b3",
+}
 
 
 def plot_all(runs: Sequence[dict[str, Any]], methods: Sequence[str], folder: Path) -> list[Path]:
     """Write ``learning_curves.png`` and ``seed_spread.png``; return their paths."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     curves, spread = folder / "learning_curves.png", folder / "seed_spread.png"
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
@@ -72,9 +75,50 @@ def plot_all(runs: Sequence[dict[str, Any]], methods: Sequence[str], folder: Pat
     return [curves, spread]
 
 
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend (typed loosely: its stubs vary)."""
+    import matplotlib
+
+    backend: Any = matplotlib
+    backend.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _smooth(values: Sequence[float], window: int = 5) -> list[float]:
     out = []
     for i in range(len(values)):
         part = values[max(0, i - window + 1) : i + 1]
         out.append(sum(part) / len(part))
     return out
+
+
+def paired_plot(paired: Sequence[dict[str, Any]], folder: Path) -> Path:
+    """Write ``paired_differences.png``: per method, each seed's difference to ``standard``
+    (dots) and the mean with its bootstrap CI (bar), in accuracy points; return its path."""
+    plt = _pyplot()
+
+    path = folder / "paired_differences.png"
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(paired), 4))
+    for x, row in enumerate(paired):
+        diffs = [100 * d for d in row["differences"]]
+        jitter = [x - 0.12 + 0.24 * i / max(1, len(diffs) - 1) for i in range(len(diffs))]
+        ax.scatter(jitter, diffs, color=_COLORS.get(row["method"]), alpha=0.6, s=25)
+        mean = 100 * row["mean_difference"]
+        if row["ci_low"] is not None:
+            err = [[mean - 100 * row["ci_low"]], [100 * row["ci_high"] - mean]]
+            ax.errorbar([x + 0.3], [mean], yerr=err, fmt="o", color="black", capsize=5)
+        else:
+            ax.plot([x + 0.3], [mean], "o", color="black")
+    ax.axhline(0, color="gray", lw=1)
+    ax.set_xticks(range(len(paired)), [r["method"] for r in paired])
+    ax.set(
+        ylabel="accuracy − standard, same seed (points)",
+        title="Paired differences (dots: seeds; bar: mean, 95% CI)",
+    )
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

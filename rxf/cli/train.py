@@ -58,6 +58,15 @@ def seed_everything(seed: int) -> None:
         pass
 
 
+METHODS: dict[str, dict[str, Any] | None] = {
+    "standard": None,  # not wrapped
+    "r3f": {},
+    "r4f": {"spectral_norm_head": True},
+    "rdrop": {"eps": 0.0},  # dropout consistency only (R-Drop)
+    "r3f_shared_dropout": {"share_dropout_masks": True},  # the noise alone
+}
+
+
 def prepare(
     settings: ModelSettings,
     num_labels: int,
@@ -66,12 +75,15 @@ def prepare(
     rxf_config: rxf.RXFConfig,
     device: str,
 ) -> tuple[models.TaskModel, nn.Module]:
-    """A freshly initialised model for ``method`` (wrapped by rxf for r3f/r4f)."""
+    """A freshly initialised model for ``method``, wrapped by rxf with the method's
+    settings (:data:`METHODS`) on top of ``rxf_config``; the head's initialisation depends
+    on ``seed`` only, so every method starts from the same model for a seed."""
     seed_everything(seed)
     task = models.build(settings, num_labels)
     module = task.module.to(device)
-    if method != "standard":
-        module = rxf.wrap(module, rxf_config, spectral_norm_head=method == "r4f")
+    overrides = METHODS[method]
+    if overrides is not None:
+        module = rxf.wrap(module, rxf_config, **overrides)
     return task, module
 
 

@@ -29,7 +29,7 @@ CASES = [
     ("train: {epochs: many}", "train.epochs: Input should be a valid integer"),
     ("train: {lr: -1}", "train.lr: Input should be greater than 0"),
     ("seeds: [1, 1]", "seeds: [1, 1] lists an entry twice"),
-    ("methods: [standard, r5f]", "methods[1]: Input should be 'standard', 'r3f' or 'r4f'"),
+    ("methods: [standard, r5f]", "methods[1]: Input should be 'standard', 'r3f', 'r4f', 'rdrop' or 'r3f_shared_dropout'"),
     ("rxf: {noise_type: pink}", "rxf.noise_type: unknown noise_type 'pink'"),
     ("rxf: {epsilon: 0.1}", "unknown key 'rxf.epsilon'; did you mean 'eps'?"),
     ("rxf: {spectral_norm_head: true}", "list 'r4f' in methods instead"),

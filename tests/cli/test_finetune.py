@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from rxf.cli import main, train
 from tests.cli.conftest import write_config
@@ -102,11 +103,21 @@ def test_end_to_end_writes_table_json_and_plots(
     for row in result["summary"]:
         accs = [r["accuracy"] for r in runs if r["method"] == row["method"]]
         assert row["accuracy_mean"] == pytest.approx(statistics.mean(accs))
-        assert row["accuracy_std"] == pytest.approx(statistics.stdev(accs))
-        assert row["accuracy_best"] == max(accs)
+        assert row["accuracy_sd"] == pytest.approx(statistics.stdev(accs))
+        assert row["accuracy_worst"] == min(accs)
+    for paired in result["paired"]:
+        acc = {(r["method"], r["seed"]): r["accuracy"] for r in runs}
+        diffs = [acc[(paired["method"], s)] - acc[("standard", s)] for s in (0, 1)]
+        assert paired["differences"] == pytest.approx(diffs)
+    assert [p["method"] for p in result["paired"]] == ["r3f", "r4f"]
     table = (out / "results.md").read_text()
-    assert table.count("\n| ") == 4 and "Partial" not in table  # header + 3 methods
-    for png in ("learning_curves.png", "seed_spread.png"):
+    assert table.count("\n| ") == 4 + 3 and "Partial" not in table  # 3 methods, 2 paired
+    verdict = result["paired"][0]["verdict"]
+    assert any(
+        line.startswith("| r3f | 2 | ") and line.endswith(f"| {verdict} |")
+        for line in table.splitlines()
+    )
+    for png in ("learning_curves.png", "seed_spread.png", "paired_differences.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -204,3 +215,60 @@ def test_ctrl_c_on_the_real_command(
     assert main(["finetune", str(config), *QUICK]) == 0
     done_before = {int(name.split("seed")[1].split(".")[0]) for name in finished}
     assert {seed for _, seed in calls} == set(range(6)) - done_before
+
+
+def _raw_weight(linear: Any) -> Any:
+    """The Linear's own weight (R4F's parametrization keeps it as ``original``)."""
+    parametrizations = getattr(linear, "parametrizations", None)
+    return parametrizations.weight.original if parametrizations is not None else linear.weight
+
+
+def test_paired_design_same_seed_same_head_subset_and_order(
+    tiny_bert: Path, tiny_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every method's run with a seed starts from the same head and sees the same training
+    examples in the same order; another seed changes the head and the order."""
+    seen: dict[tuple[str, int], dict[str, Any]] = {}
+    real = train.fit
+
+    def spy(task: Any, module: Any, train_set: Any, *args: Any, **kwargs: Any) -> Any:
+        inner = getattr(module, "module", module)
+        record: dict[str, Any] = {
+            "head": _raw_weight(inner.classifier).detach().clone(),
+            "subset": list(train_set.items),
+            "batches": [],
+        }
+        encode = task.encode
+
+        def logged(items: Any) -> Any:
+            if inner.training:
+                record["batches"].append(list(items))
+            return encode(items)
+
+        task.encode = logged
+        seen[(kwargs["method"], kwargs["seed"])] = record
+        return real(task, module, train_set, *args, **kwargs)
+
+    monkeypatch.setattr(train, "fit", spy)
+    config = write_config(  # 3 classes: the saved 2-class head is replaced by a new one
+        tmp_path,
+        f"""
+model: {{name: {tiny_bert}, max_length: 16}}
+data: {{dataset: {tiny_csv}, train_per_class: 4, eval_per_class: 2}}
+train: {{epochs: 2, batch_size: 4, eval_every: 2}}
+methods: [standard, r3f, r4f, rdrop]
+seeds: 2
+output: out
+""",
+    )
+    assert main(["finetune", str(config), *QUICK]) == 0
+    for seed in (0, 1):
+        first = seen[("standard", seed)]
+        assert len(first["batches"]) == 2 * 3  # 12 examples / batch 4, 2 epochs
+        for method in ("r3f", "r4f", "rdrop"):
+            other = seen[(method, seed)]
+            assert other["subset"] == first["subset"] and other["batches"] == first["batches"]
+            assert torch.equal(other["head"], first["head"]), method
+    assert not torch.equal(seen[("standard", 0)]["head"], seen[("standard", 1)]["head"])
+    assert seen[("standard", 0)]["batches"] != seen[("standard", 1)]["batches"]
+    assert seen[("standard", 0)]["subset"] == seen[("standard", 1)]["subset"]

@@ -1,4 +1,4 @@
-"""Metrics against scikit-learn, the summary table against hand computation, the run store."""
+"""Metrics against scikit-learn, the run store."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import pytest
 
 from rxf.cli.loading import ConfigError
 from rxf.cli.metrics import accuracy, macro_f1, mean_std
-from rxf.cli.report import markdown, summarize
 from rxf.cli.store import RunStore
 
 
@@ -36,37 +35,6 @@ def test_metric_input_checks_and_spread() -> None:
     assert mean_std([3.0]) == (3.0, 0.0)
     values = [0.2, 0.5, 0.9]
     assert mean_std(values) == pytest.approx((statistics.mean(values), statistics.stdev(values)))
-
-
-def test_summary_rows_and_markdown() -> None:
-    runs = [
-        {
-            "method": m,
-            "seed": s,
-            "accuracy": a,
-            "macro_f1": f,
-            "wall_seconds": w,
-            "seconds_per_step": t,
-        }
-        for m, s, a, f, w, t in [
-            ("standard", 0, 0.8, 0.7, 10.0, 0.5),
-            ("standard", 1, 0.9, 0.6, 12.0, 0.4),
-            ("r3f", 0, 0.85, 0.8, 20.0, 1.0),
-        ]
-    ]
-    rows = summarize(runs, ["standard", "r4f", "r3f"])
-    assert [r["method"] for r in rows] == ["standard", "r3f"]  # r4f has no runs yet
-    std = rows[0]
-    assert std["runs"] == 2 and std["seeds"] == [0, 1]
-    assert std["accuracy_mean"] == pytest.approx(0.85)
-    assert std["accuracy_std"] == pytest.approx(statistics.stdev([0.8, 0.9]))
-    assert std["accuracy_best"] == 0.9 and std["macro_f1_best"] == 0.7
-    assert std["wall_seconds_best"] == 10.0 and std["seconds_per_step_best"] == 0.4  # fastest
-    table = markdown(rows)
-    assert (
-        "| standard | 2 | 85.0 ± 7.1 | 90.0 | 65.0 ± 7.1 | 70.0 | 11.0 ± 1.4 | 450 ± 71 |" in table
-    )
-    assert "| r3f | 1 | 85.0 ± 0.0 | 85.0 | 80.0 ± 0.0 | 80.0 | 20.0 ± 0.0 | 1000 ± 0 |" in table
 
 
 def test_store_saves_atomically_and_guards_the_settings(tmp_path: Path) -> None:
