@@ -44,7 +44,7 @@ def sft_trainer_class() -> type:
 def _build() -> type:
     from trl import SFTTrainer
 
-    rxf_trainer = trainer_class()
+    rxf_trainer: Any = trainer_class()
 
     class RXFSFTTrainer(rxf_trainer, SFTTrainer):  # type: ignore[misc,valid-type]
         """``trl.SFTTrainer`` for a model wrapped by :func:`rxf.wrap`; same arguments."""

@@ -1,0 +1,59 @@
+"""The plain ``transformers.Trainer`` with the wrapped model and nothing else changed:
+``eval_loss``, checkpoints, ``load_best_model_at_end`` and ``resume_from_checkpoint``, on a
+classifier and on a tied-weight causal LM (GPT-2)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+import rxf
+from tests.plugins.transformers.conftest import make_model, transformers
+from tests.plugins.transformers.test_trainer import rows
+
+
+def run(model: torch.nn.Module, name: str, out: Any, resume: Any = None) -> Any:
+    args = transformers.TrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,
+        max_steps=4,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+        load_best_model_at_end=True,
+        logging_steps=1,
+        learning_rate=1e-2,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=rows(name), eval_dataset=rows(name, copies=1)
+    )
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt2"])
+def test_plain_trainer_evaluates_checkpoints_and_resumes(tmp_path, name: str) -> None:
+    wrapped = rxf.wrap(make_model(name), eps=0.5)
+    trainer = run(wrapped, name, tmp_path / "full")
+    evals = [e for e in trainer.state.log_history if "eval_loss" in e]
+    assert len(evals) == 2  # the wrapper's class signature shows the inner model's labels
+    assert trainer.state.best_model_checkpoint is not None  # load_best_model_at_end ran
+    assert wrapped.last_stats["mode"] == "eval"
+
+    resumed = rxf.wrap(make_model(name), eps=0.5)
+    run(resumed, name, tmp_path / "resumed", resume=tmp_path / "full" / "checkpoint-2")
+    expected, got = wrapped.state_dict(), resumed.state_dict()
+    assert expected.keys() == got.keys()
+    for key in expected:  # same best weights, reached through a checkpoint round trip
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-6, msg=key)
+    start = make_model(name).state_dict()
+    inner = rxf.unwrap(resumed).state_dict()
+    assert max((inner[k] - start[k]).abs().max().item() for k in start) > 1e-3
