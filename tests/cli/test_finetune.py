@@ -256,7 +256,7 @@ def test_paired_design_same_seed_same_head_subset_and_order(
 model: {{name: {tiny_bert}, max_length: 16}}
 data: {{dataset: {tiny_csv}, train_per_class: 4, eval_per_class: 2}}
 train: {{epochs: 2, batch_size: 4, eval_every: 2}}
-methods: [standard, r3f, r4f, rdrop]
+methods: [standard, r3f, r4f, rdrop, r3f_shared_dropout]
 seeds: 2
 output: out
 """,
@@ -272,3 +272,24 @@ output: out
     assert not torch.equal(seen[("standard", 0)]["head"], seen[("standard", 1)]["head"])
     assert seen[("standard", 0)]["batches"] != seen[("standard", 1)]["batches"]
     assert seen[("standard", 0)]["subset"] == seen[("standard", 1)]["subset"]
+
+
+def test_methods_wrap_with_their_settings(tiny_bert: Path) -> None:
+    import rxf
+    from rxf.cli.config import ModelSettings
+
+    settings = ModelSettings(name=str(tiny_bert), max_length=16)
+    base = rxf.RXFConfig(eps=0.1, r3f_lambda=0.5)
+    _, plain = train.prepare(settings, 3, "standard", 0, base, "cpu")
+    assert not isinstance(plain, rxf.RXFModel)
+    expected = {
+        "r3f": (0.1, False, False),
+        "r4f": (0.1, True, False),
+        "rdrop": (0.0, False, False),
+        "r3f_shared_dropout": (0.1, False, True),
+    }
+    for method, (eps, spectral, shared) in expected.items():
+        _, module = train.prepare(settings, 3, method, 0, base, "cpu")
+        cfg = module.rxf_config
+        assert (cfg.eps, cfg.spectral_norm_head, cfg.share_dropout_masks) == (eps, spectral, shared)
+        assert cfg.r3f_lambda == 0.5
