@@ -3,6 +3,8 @@
 Each divergence maps two logits tensors of shape ``(..., classes)`` to one value per
 position (shape ``(...)``); :func:`reduce_positions` turns those into the scalar term. All
 of them compute in float32 whatever the input dtype, and let gradients flow into both sides.
+Entries that are ``-inf`` on **both** sides (a class masked out of both passes: multiple
+choice, constrained vocabularies) contribute exactly 0, with finite gradients.
 """
 
 from __future__ import annotations
@@ -23,36 +25,54 @@ class Divergence(Protocol):
     def __call__(self, clean: Tensor, noisy: Tensor) -> Tensor: ...
 
 
-def _kl_from_log(log_p: Tensor, log_q: Tensor) -> Tensor:
-    """KL(P‖Q) per position from log-probabilities, summed over the last dimension."""
-    return F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(-1)
-
-
 def _log_probs(logits: Tensor) -> Tensor:
     return F.log_softmax(logits.float(), dim=-1)
 
 
+def _without_shared_neg_inf(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``a`` and ``b`` with entries that are -inf in both replaced by 0, and where they were.
+
+    ``-inf - -inf`` is NaN, and so is every gradient through it even when the entry is
+    masked afterwards; replacing the inputs first keeps value and gradients finite. No host
+    sync: the masking always runs (a few elementwise passes).
+    """
+    both = torch.isneginf(a) & torch.isneginf(b)
+    return a.masked_fill(both, 0.0), b.masked_fill(both, 0.0), both
+
+
+def _summed(values: Tensor, both: Tensor) -> Tensor:
+    """Sum over the class dimension, entries masked on both sides counting 0."""
+    return values.masked_fill(both, 0.0).sum(-1)
+
+
+def _kl_terms(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """Elementwise p · (log p − log q), 0 where p = 0."""
+    return F.kl_div(log_q, log_p, reduction="none", log_target=True)
+
+
 def symmetric_kl_per_position(clean: Tensor, noisy: Tensor) -> Tensor:
     """KL(P‖Q) + KL(Q‖P) per position, P = softmax(clean), Q = softmax(noisy)."""
-    log_p, log_q = _log_probs(clean), _log_probs(noisy)
-    return _kl_from_log(log_p, log_q) + _kl_from_log(log_q, log_p)
+    log_p, log_q, both = _without_shared_neg_inf(_log_probs(clean), _log_probs(noisy))
+    return _summed(_kl_terms(log_p, log_q) + _kl_terms(log_q, log_p), both)
 
 
 def kl_per_position(clean: Tensor, noisy: Tensor) -> Tensor:
     """KL(P‖Q) per position: clean distribution P, noisy Q."""
-    return _kl_from_log(_log_probs(clean), _log_probs(noisy))
+    log_p, log_q, both = _without_shared_neg_inf(_log_probs(clean), _log_probs(noisy))
+    return _summed(_kl_terms(log_p, log_q), both)
 
 
 def js_per_position(clean: Tensor, noisy: Tensor) -> Tensor:
     """Jensen-Shannon divergence per position: ½KL(P‖M) + ½KL(Q‖M), M = (P+Q)/2."""
-    log_p, log_q = _log_probs(clean), _log_probs(noisy)
+    log_p, log_q, both = _without_shared_neg_inf(_log_probs(clean), _log_probs(noisy))
     log_m = torch.logsumexp(torch.stack([log_p, log_q]), dim=0) - math.log(2.0)
-    return 0.5 * (_kl_from_log(log_p, log_m) + _kl_from_log(log_q, log_m))
+    return _summed(0.5 * (_kl_terms(log_p, log_m) + _kl_terms(log_q, log_m)), both)
 
 
 def mse_per_position(clean: Tensor, noisy: Tensor) -> Tensor:
     """Squared difference of real-valued outputs, summed over the last dimension."""
-    return (clean.float() - noisy.float()).pow(2).sum(-1)
+    a, b, both = _without_shared_neg_inf(clean.float(), noisy.float())
+    return _summed((a - b).pow(2), both)
 
 
 BUILTIN_DIVERGENCES: dict[str, Divergence] = {

@@ -23,6 +23,7 @@ class Explanation:
     head_plugin: str | None
     logits: str
     config: RXFConfig
+    embedding_calls: str = "all"
 
     def __str__(self) -> str:
         cfg = self.config
@@ -31,6 +32,12 @@ class Explanation:
             (
                 "embedding (noise)",
                 f"{self.embedding} ({self.embedding_module}, by {self.embedding_plugin})",
+            ),
+            (
+                "embedding calls",
+                "all calls perturbed"
+                if self.embedding_calls == "all"
+                else "first call only (an encoder-decoder sharing one embedding module)",
             ),
             ("noise", f"{cfg.noise_type}, eps={cfg.eps:g}, detach={cfg.detach_noisy_embedding}"),
             (
@@ -71,6 +78,7 @@ def explain(model: nn.Module, config: RXFConfig | None = None, **overrides: Any)
     else:
         cfg = (config or RXFConfig()).with_overrides(**overrides)
         inner, targets = model, discover(model, cfg)
+    calls = cfg.embedding_calls or plugins.embedding_calls(inner)
     pm = plugins.plugin_manager()
     logit_plugins = [
         impl.plugin_name for impl in reversed(pm.hook.rxf_extract_logits.get_hookimpls())
@@ -84,4 +92,5 @@ def explain(model: nn.Module, config: RXFConfig | None = None, **overrides: Any)
         head_plugin=targets.head_source,
         logits="from the forward output, asked in order of: " + ", ".join(logit_plugins),
         config=cfg,
+        embedding_calls=calls,
     )
