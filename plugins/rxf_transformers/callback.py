@@ -121,6 +121,14 @@ def _build() -> type:
                     "forward, so the R3F term never reaches the loss; use "
                     "rxf_transformers.RXFTrainer (same arguments), which keeps them."
                 )
+            if getattr(args, "neftune_noise_alpha", None) is not None:
+                raise RXFError(
+                    "neftune_noise_alpha makes the Trainer add NEFTune noise to the embedding "
+                    "output with its own hook: under rxf the clean pass would be noisy and the "
+                    "noisy pass would get two noises. Leave neftune_noise_alpha unset; for "
+                    "NEFTune through rxf wrap with rxf.wrap(model, noise_type='neftune', "
+                    "eps=alpha, r3f_lambda=0)."
+                )
             self.meter = StatsMeter()
 
         def _collect(self, model: Any) -> None:

@@ -33,12 +33,17 @@ def rxf_find_head(model: nn.Module) -> nn.Module | None:
 
 @hookimpl
 def rxf_extract_logits(model: nn.Module, output: Any) -> Tensor | None:
-    """``output.logits`` of a ``ModelOutput`` (or the ``"logits"`` key of a dict)."""
+    """``output.logits`` of a ``ModelOutput`` (or the ``"logits"`` key of a dict); with
+    ``return_dict=False``, the tuple's first element, or its second after a 0-dim loss."""
     if not families.is_transformers_model(model):
         return None
     logits = getattr(output, "logits", None)
     if logits is None and isinstance(output, dict):
         logits = output.get("logits")
+    if logits is None and isinstance(output, tuple) and output:  # return_dict=False
+        first = output[0]
+        with_loss = isinstance(first, Tensor) and first.dim() == 0 and len(output) > 1
+        logits = output[1] if with_loss else first
     return logits if isinstance(logits, Tensor) else None
 
 

@@ -479,3 +479,41 @@ def test_the_wrapper_starts_in_the_inner_models_mode(tiny, batch) -> None:
     mixed.layer_norm.eval()  # a frozen part stays frozen
     wrapped = rxf.wrap(mixed)
     assert wrapped.training and not mixed.layer_norm.training
+
+
+# --- share_dropout_masks: the term measures the noise alone ---------------------------------
+
+
+def test_shared_dropout_masks_leave_only_the_noise_in_the_term(batch) -> None:
+    torch.manual_seed(0)
+    net = TinyClassifier(p=0.5)
+    silent = rxf.wrap(net, eps=0.0, share_dropout_masks=True)
+    silent(**batch)
+    assert silent.consistency_loss.item() == 0.0  # same masks, no noise: identical passes
+    rdrop = rxf.wrap(rxf.unwrap(silent), eps=0.0)
+    rdrop(**batch)
+    assert rdrop.consistency_loss.item() > 1e-4  # fresh masks: dropout alone makes a term
+
+    model = rxf.wrap(rxf.unwrap(rdrop), eps=0.3, share_dropout_masks=True)
+    seen: list[torch.Tensor] = []
+    net.classifier.register_forward_hook(lambda m, a, out: seen.append(out.detach()))
+    torch.manual_seed(9)
+    model(**batch)
+    after = torch.get_rng_state()
+    # reference by hand: clean pass from state S; the noise drawn from the stream after it;
+    # the noisy pass replays S, so its dropout masks are the clean pass's
+    inner, ids = rxf.unwrap(model), batch["input_ids"]
+    torch.manual_seed(9)
+    start = torch.get_rng_state()
+    clean = inner(ids)["logits"].detach()
+    emb = inner.embed_tokens(ids).detach()
+    noise = torch.empty(emb.shape).uniform_(-0.3, 0.3)
+    assert torch.equal(torch.get_rng_state(), after)  # the global stream moves on as usual
+    torch.set_rng_state(start)
+    handle = inner.embed_tokens.register_forward_hook(lambda m, a, out: out.detach() + noise)
+    noisy = inner(ids)["logits"].detach()
+    handle.remove()
+    torch.testing.assert_close(seen[0], clean)
+    torch.testing.assert_close(seen[1], noisy)
+    expected = two_direction_kl(clean, noisy).float()
+    torch.testing.assert_close(model.consistency_loss.detach(), expected, rtol=1e-5, atol=1e-7)

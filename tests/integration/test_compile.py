@@ -60,3 +60,22 @@ def test_compiled_inner_model_is_refused() -> None:
     net.compile()
     with pytest.raises(rxf.RXFError, match="compiled model"):
         rxf.wrap(net)
+
+
+def test_concat_mode_compiles_with_inductor_and_matches_eager(fixed_noise_type: str) -> None:
+    # issue 9: this failed in backward under inductor ("expected Tensor() for op: input");
+    # a shape-seeded noise makes eager and inductor draw the same noise, so they must agree
+    torch.manual_seed(0)
+    net, batch = (
+        Net(),
+        {"input_ids": torch.randint(0, 50, (4, 6)), "labels": torch.tensor([0, 1, 2, 1])},
+    )
+    eager_net = copy.deepcopy(net)
+    settings = {"eps": 0.3, "mode": "concat", "noise_type": fixed_noise_type}
+    expected = _steps(rxf.wrap(eager_net, **settings), batch)
+    wrapped = rxf.wrap(net, **settings)
+    assert _steps(torch.compile(wrapped), batch) == pytest.approx(expected, rel=1e-5)
+    assert wrapped.last_stats["divergence"] > 0
+    want = grads(eager_net)
+    for name, grad in grads(net).items():
+        torch.testing.assert_close(grad, want[name], rtol=1e-4, atol=1e-6, msg=name)
