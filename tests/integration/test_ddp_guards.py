@@ -61,3 +61,14 @@ def test_the_named_fixes_run_and_match_the_unchecked_step(fix: str, one_process_
     got = _step(ddp)
     for name, grad in want.items():
         torch.testing.assert_close(got[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_r4f_after_fully_shard_is_refused_with_the_order_to_use(one_process_group) -> None:
+    from torch.distributed.fsdp import fully_shard
+
+    from tests.core.conftest import TinyClassifier
+
+    model = TinyClassifier()
+    fully_shard(model)  # the head's weight is now a DTensor shard
+    with pytest.raises(rxf.RXFError, match=r"DTensor.*Wrap before sharding"):
+        rxf.wrap(model, spectral_norm_head=True)

@@ -75,3 +75,11 @@ def test_return_dict_false_loss_carries_the_term(name: str) -> None:
         task = rxf.unwrap(wrapped).eval()(**batch).loss  # dropout is off: the clean task loss
     torch.testing.assert_close(as_tuple[0].detach(), task + term, rtol=1e-5, atol=1e-6)
     assert F.mse_loss(as_tuple[0], as_tuple[0]).item() == 0.0
+
+
+def test_a_trainer_that_pops_the_labels_gets_the_unused_term_warning(tmp_path) -> None:
+    # label smoothing makes the plain Trainer pop labels: the model returns no loss, the
+    # Trainer smooths the logits itself, and the R3F term would silently reach nothing
+    wrapped = rxf.wrap(make_model("bert"), eps=0.1)
+    with pytest.warns(rxf.RXFUnusedTermWarning, match="RXFTrainer"):
+        train(wrapped, rows("bert"), tmp_path, label_smoothing_factor=0.1)
