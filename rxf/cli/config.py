@@ -28,7 +28,8 @@ from rxf.config import RXFConfig
 
 BUILTIN_MODELS = {"minilm": "text", "efficientnet_lite0": "image"}
 BUILTIN_DATASETS = {"bbc_news": "text", "digits": "image"}
-DATA_SUFFIXES = (".csv", ".jsonl", ".json")
+DATA_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 Method = Literal["standard", "r3f", "r4f", "rdrop", "r3f_shared_dropout"]
 _STRICT = ConfigDict(frozen=True, extra="forbid", validate_default=True)
@@ -84,6 +85,8 @@ def _existing_file(value: Path | None, info: ValidationInfo) -> Path | None:
     if value is None:
         return None
     path = _local_path(value, info)
+    if path.is_dir():
+        raise ValueError(f"{str(path)!r} is a folder; give a file")
     if not path.is_file():
         raise ValueError(f"file {str(path)!r} does not exist")
     return path
@@ -126,6 +129,12 @@ class ModelSettings(BaseModel):
                     f"folder {str(path)!r} has no config.json, so it is not a "
                     f"Hugging Face checkpoint (save one with save_pretrained)"
                 )
+            if _folder_kind(path) == "text" and not _has_tokenizer(path):
+                raise ValueError(
+                    f"folder {str(path)!r} holds a text model but no tokenizer files "
+                    f"(tokenizer.json, tokenizer_config.json, vocab.txt, ...); save the "
+                    f"tokenizer there too: tokenizer.save_pretrained({str(path)!r})"
+                )
             return str(path)
         raise ValueError(
             f"unknown model {value!r}: not a built-in ({', '.join(BUILTIN_MODELS)}), not "
@@ -139,7 +148,24 @@ class ModelSettings(BaseModel):
             return BUILTIN_MODELS[self.name]
         if self.name.startswith("timm:"):
             return "image"
-        return "text" if _has_tokenizer(Path(self.name)) else "image"
+        return _folder_kind(Path(self.name))
+
+
+def _folder_kind(folder: Path) -> str:
+    """``"image"`` when the checkpoint's config.json describes a vision model (an image
+    architecture, or image_size / num_channels without a vocabulary), else ``"text"``."""
+    import json
+
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return "text"
+    architectures = " ".join(config.get("architectures") or [])
+    if "Image" in architectures or "Vision" in architectures:
+        return "image"
+    if "vocab_size" not in config and ("image_size" in config or "num_channels" in config):
+        return "image"
+    return "text"
 
 
 def _has_tokenizer(folder: Path) -> bool:
@@ -204,8 +230,18 @@ class DataSettings(BaseModel):
     def _known_dataset(cls, value: str, info: ValidationInfo) -> str:
         if value in BUILTIN_DATASETS:
             return value
+        if value.startswith("hub:"):
+            return value
         path = _local_path(value, info)
-        if path.is_dir() or (path.is_file() and path.suffix in DATA_SUFFIXES):
+        if path.is_dir():
+            if is_saved_dataset(path) or _has_class_folders(path):
+                return str(path)
+            raise ValueError(
+                f"{str(path)!r} is a folder, but neither an image folder (one sub-folder of "
+                f"images per class) nor a dataset saved with save_to_disk; for a CSV / "
+                f"JSON-lines / Parquet file give the file's path"
+            )
+        if path.is_file() and path.suffix in DATA_SUFFIXES:
             return str(path)
         if path.is_file():
             raise ValueError(f"{str(path)!r}: data files must end in {', '.join(DATA_SUFFIXES)}")
@@ -219,7 +255,17 @@ class DataSettings(BaseModel):
         """``"text"`` or ``"image"``: what the examples are."""
         if self.dataset in BUILTIN_DATASETS:
             return BUILTIN_DATASETS[self.dataset]
-        return "image" if Path(self.dataset).is_dir() else "text"
+        path = Path(self.dataset)
+        return "image" if path.is_dir() and not is_saved_dataset(path) else "text"
+
+
+def is_saved_dataset(path: Path) -> bool:
+    return any((path / n).is_file() for n in ("dataset_info.json", "dataset_dict.json"))
+
+
+def _has_class_folders(path: Path) -> bool:
+    image = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+    return any(f.suffix.lower() in image for d in path.iterdir() if d.is_dir() for f in d.iterdir())
 
 
 class TrainSettings(BaseModel):
@@ -248,7 +294,20 @@ class TrainSettings(BaseModel):
     threads: int | None = Field(
         None, ge=1, description="torch CPU threads (default: torch's choice)."
     )
-    device: str = Field("cpu", description="torch device, e.g. 'cpu' or 'cuda'.")
+    device: Literal["cpu", "auto", "cuda"] = Field(
+        "cpu",
+        description="'cpu', or 'auto' / 'cuda': accelerate's choice (the GPU of each process "
+        "when there is one).",
+    )
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field(
+        "no", description="accelerate's mixed precision (autocast; fp16 with loss scaling)."
+    )
+    accumulation_steps: int = Field(
+        1,
+        ge=1,
+        description="Gradient accumulation: each optimiser step's batch_size examples are "
+        "split into this many micro-batches (per process).",
+    )
 
 
 class DiagnoseSettings(BaseModel):

@@ -5,7 +5,7 @@ Text examples are strings; image examples are paths or ``uint8``/float arrays (H
 turned into tensors by the model's input pipeline.
 
 Example:
-    >>> from rxf.cli.config import DataSettings
+    >>> from rxf.cli.config import IMAGE_SUFFIXES, DataSettings, is_saved_dataset
     >>> train, test = split(DataSettings(train_per_class=2, eval_per_class=3))
     >>> len(train), len(test), train.label_names[0]
     (10, 15, 'business')
@@ -13,8 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import csv
-import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,10 +20,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from rxf.cli.config import DataSettings
+from rxf.cli.config import IMAGE_SUFFIXES, DataSettings, is_saved_dataset
 from rxf.cli.loading import ConfigError
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 @dataclass(frozen=True)
@@ -53,6 +49,10 @@ def load(source: str, settings: DataSettings, field: str = "data.dataset") -> Ex
         items, names = _bbc_news()
     elif source == "digits":
         items, names = _digits()
+    elif source.startswith("hub:"):
+        items, names = _columns(_hub(source), settings, source)
+    elif is_saved_dataset(Path(source)):
+        items, names = _columns(_saved(Path(source)), settings, source)
     elif Path(source).is_dir():
         items, names = _image_folder(Path(source))
     else:
@@ -60,6 +60,49 @@ def load(source: str, settings: DataSettings, field: str = "data.dataset") -> Ex
     if not items:
         raise ConfigError(f"{field}: {source!r} holds no examples")
     return _labelled(items, names, settings.classes, source)
+
+
+def _saved(path: Path) -> Any:
+    import datasets
+
+    return _train_split(datasets.load_from_disk(str(path)), str(path))
+
+
+def _hub(source: str) -> Any:
+    """``hub:NAME`` or ``hub:NAME:CONFIG`` from the Hugging Face hub (needs a network)."""
+    import datasets
+
+    name, _, config = source.removeprefix("hub:").partition(":")
+    return _train_split(datasets.load_dataset(name, config or None), source)
+
+
+def _train_split(loaded: Any, source: str) -> Any:
+    if not hasattr(loaded, "keys"):  # a Dataset, not a DatasetDict
+        return loaded
+    if "train" in loaded:
+        return loaded["train"]
+    if len(loaded) == 1:
+        return next(iter(loaded.values()))
+    raise ConfigError(
+        f"data.dataset: {source!r} has splits {', '.join(loaded)} and none is 'train'"
+    )
+
+
+def _columns(
+    rows: Any, settings: DataSettings, source: str, first_line: int = 1
+) -> tuple[list[str], list[str]]:
+    for column, field in (
+        (settings.text_column, "text_column"),
+        (settings.label_column, "label_column"),
+    ):
+        if column not in rows.column_names:
+            found = ", ".join(rows.column_names) or "none"
+            raise ConfigError(
+                f"data.{field}: column {column!r} is absent from {source!r} (it has: {found})"
+            )
+    labels = _label_strings(rows, settings.label_column)
+    check_labels(labels, source, settings.label_column, first_line)
+    return [str(t) for t in rows[settings.text_column]], labels
 
 
 def split(settings: DataSettings) -> tuple[Examples, Examples]:
@@ -164,35 +207,98 @@ def _image_folder(root: Path) -> tuple[list[Any], list[str]]:
 
 
 def _table(path: Path, settings: DataSettings) -> tuple[list[str], list[str]]:
-    rows = _read_rows(path)
-    for column, field in (
-        (settings.text_column, "text_column"),
-        (settings.label_column, "label_column"),
-    ):
-        absent = [i for i, row in enumerate(rows) if column not in row]
-        if absent:
-            found = ", ".join(rows[absent[0]]) or "none"
-            raise ConfigError(
-                f"data.{field}: column {column!r} is absent from {str(path)!r} "
-                f"(row {absent[0] + 1} has: {found})"
-            )
-    return (
-        [str(row[settings.text_column]) for row in rows],
-        [str(row[settings.label_column]) for row in rows],
-    )
+    """Texts and labels of a CSV / JSON(-lines) / Parquet file, read with ``datasets``
+    after the byte-level checks; every bad row is named."""
+    if path.suffix != ".parquet":
+        check_text_file(path)
+    first_line = 2 if path.suffix == ".csv" else 1  # the file line of row 0
+    return _columns(_read_rows(path), settings, str(path), first_line)
 
 
-def _read_rows(path: Path) -> list[dict[str, Any]]:
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".csv":
-        return list(csv.DictReader(text.splitlines()))
+def _label_strings(rows: Any, column: str) -> list[str]:
+    feature = rows.features[column]
+    names = getattr(feature, "names", None)  # datasets.ClassLabel: integers with names
+    values = rows[column]
+    if names is not None:
+        return [names[v] if isinstance(v, int) and v >= 0 else "" for v in values]
+    return ["" if v is None else str(v) for v in values]
+
+
+def check_text_file(path: Path) -> None:
+    """Refuse a UTF-8 byte-order mark or bytes that are not UTF-8, naming the line and the
+    encoding the file seems to be in."""
+    raw = path.read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raise ConfigError(
+            f"{path}, line 1: the file starts with a UTF-8 byte-order mark (BOM), which would "
+            f"become part of the first column's name; save it as UTF-8 without BOM"
+        )
     try:
-        if text.lstrip().startswith("["):
-            rows = json.loads(text)
-        else:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{str(path)!r} is not JSON lines (one object per line): {exc}") from None
-    if not all(isinstance(row, dict) for row in rows):
-        raise ConfigError(f"{str(path)!r}: every record must be a JSON object")
-    return rows
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}, line {line}: not UTF-8 (byte 0x{raw[exc.start]:02x}); it looks like "
+            f"{_guess_encoding(raw)}: convert it, e.g. iconv -f {_guess_encoding(raw)} -t utf-8"
+        ) from None
+    if path.suffix in (".json", ".jsonl") and not text.lstrip().startswith("["):
+        import json
+
+        for number, row in enumerate(text.splitlines(), 1):
+            try:
+                record = json.loads(row) if row.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ConfigError(
+                    f"{path}, line {number}: not JSON ({exc.msg}); JSON lines hold one object "
+                    f"per line"
+                ) from None
+            if not isinstance(record, dict):
+                raise ConfigError(f"{path}, line {number}: a JSON object is needed per line")
+
+
+def _guess_encoding(raw: bytes) -> str:
+    try:
+        from charset_normalizer import from_bytes
+
+        best = from_bytes(raw).best()
+        if best is not None:
+            return str(best.encoding).replace("_", "-")
+    except ImportError:  # pragma: no cover - ships with requests
+        pass
+    return "cp1252"
+
+
+def check_labels(labels: list[str], source: Any, column: str, first: int = 1) -> None:
+    """Refuse empty labels, labels differing only by case or whitespace, and a single class;
+    ``first`` is the file line of row 0 (2 below a CSV header)."""
+    seen: dict[str, tuple[str, int]] = {}
+    for i, label in enumerate(labels):
+        if not label.strip():
+            raise ConfigError(f"{source}, line {i + first}: empty label in column {column!r}")
+        key = " ".join(label.split()).casefold()
+        other, line = seen.setdefault(key, (label, i + first))
+        if other != label:
+            raise ConfigError(
+                f"{source}, line {i + first}: label {label!r} differs from {other!r} (line "
+                f"{line}) only by case or whitespace; write them the same way"
+            )
+    if len(seen) < 2:
+        raise ConfigError(
+            f"{source}: column {column!r} holds one class only ({labels[0]!r}, "
+            f"{len(labels)} rows); a classifier needs at least two"
+        )
+
+
+def _read_rows(path: Path) -> Any:
+    """The file as a ``datasets.Dataset`` (every value kept as written: no NA parsing)."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    builder = {".csv": "csv", ".parquet": "parquet"}.get(path.suffix, "json")
+    options: dict[str, Any] = {"na_filter": False} if builder == "csv" else {}
+    try:
+        return datasets.load_dataset(builder, data_files=str(path), split="train", **options)
+    except Exception as exc:  # datasets wraps the parser's error in its own
+        cause = exc.__cause__ or exc
+        raise ConfigError(f"{path}: cannot be read as {builder}: {cause}") from None

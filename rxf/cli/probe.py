@@ -24,8 +24,8 @@ import rxf
 from rxf.cli import data, models, train
 from rxf.cli.config import ProbeConfig
 from rxf.cli.data import Examples
-from rxf.cli.metrics import mean_std
-from rxf.cli.store import RunStore
+from rxf.cli.stats import describe
+from rxf.cli.store import RunStore, software, source_key
 
 Split = tuple[Examples, Examples]
 
@@ -40,10 +40,9 @@ def run(
     source = data.split(cfg.source.data)
     second = data.split(cfg.second.data) if cfg.second is not None else None
     probes = {task.name: data.split(task.data) for task in cfg.probes}
-    store = RunStore(
-        cfg.output, cfg.model_dump(mode="json", exclude={"methods", "seeds", "output"})
-    )
-    store.check(restart)
+    store = RunStore(cfg.output, fingerprint(cfg))
+    for note in store.check(restart):
+        print(f"note: {note}", file=out)
     results = []
     rows = [("pretrained", None)] + [(m, s) for s in cfg.seeds for m in cfg.methods]
     for i, (method, seed) in enumerate(rows, 1):
@@ -73,6 +72,21 @@ def run(
     return summary
 
 
+def fingerprint(cfg: ProbeConfig) -> dict[str, Any]:
+    """Everything a probe run depends on: the settings, the content of every task's data
+    and of the model, the library versions."""
+    from rxf.cli.finetune import BUILTIN_SOURCES
+
+    dump = cfg.model_dump(mode="json", exclude={"methods", "seeds", "output"})
+    tasks = [cfg.source, cfg.second, *cfg.probes]
+    dump["content"] = {
+        "model": source_key(cfg.model.name, BUILTIN_SOURCES),
+        **{t.name: source_key(t.data.dataset, BUILTIN_SOURCES) for t in tasks if t is not None},
+    }
+    dump["software"] = software()
+    return dump
+
+
 def _one(
     cfg: ProbeConfig,
     method: str,
@@ -87,9 +101,9 @@ def _one(
     if seed is None:  # the pretrained encoder, no fine-tuning
         train.seed_everything(0)
         task = models.build(cfg.model, n_source)
-        encoder = task.module.to(cfg.train.device)
+        encoder = task.module.to(train.accelerator_for(cfg.train).device)
     else:
-        task, module = train.prepare(cfg.model, n_source, method, seed, cfg.rxf, cfg.train.device)
+        task, module = train.prepare(cfg.model, n_source, method, seed, cfg.rxf)
         fitted = train.fit(
             task,
             module,
@@ -123,7 +137,7 @@ def _chained(
     if seed is None:
         return {}
     n_second = len(second[0].label_names)
-    next_task, module = train.prepare(cfg.model, n_second, method, seed, cfg.rxf, cfg.train.device)
+    next_task, module = train.prepare(cfg.model, n_second, method, seed, cfg.rxf)
     inner = module.module if isinstance(module, rxf.RXFModel) else module  # keep R4F on
     models.transfer_encoder(encoder, inner)
     fitted = train.fit(
@@ -173,13 +187,14 @@ def probe_accuracy(
 ) -> float:
     """Accuracy of a logistic regression fit on frozen features of ``train_set``."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     probe.fit(features(task, module, train_set, batch_size), train_set.labels)
     predicted = probe.predict(features(task, module, eval_set, batch_size))
-    return float(np.mean(predicted == np.asarray(eval_set.labels)))
+    return float(accuracy_score(eval_set.labels, predicted))
 
 
 def summarize(results: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:
@@ -191,8 +206,8 @@ def summarize(results: list[dict[str, Any]], methods: list[str]) -> list[dict[st
             continue
         row: dict[str, Any] = {"method": method, "runs": len(mine), "scores": {}}
         for name in mine[0]:
-            mean, std = mean_std([s[name] for s in mine])
-            row["scores"][name] = {"mean": mean, "std": std}
+            spread = describe([s[name] for s in mine], list(range(len(mine))))
+            row["scores"][name] = {"mean": spread["mean"], "std": spread["sd"]}
         rows.append(row)
     return rows
 

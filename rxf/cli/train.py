@@ -1,17 +1,24 @@
-"""One fine-tuning run of the CLI: a method, a seed, AdamW with warm-up, periodic evaluation.
+"""One fine-tuning run of the CLI: a method, a seed, AdamW with a transformers schedule,
+through accelerate (device placement, mixed precision, gradient accumulation, DDP).
+
+``batch_size`` is the number of examples per optimiser step whatever the layout: each step's
+examples are split over the processes and the accumulation steps, so one process and
+``accelerate launch`` on several give the same optimisation (up to the dropout / noise
+draws of each shard).
 
 Example:
     >>> from rxf.cli.config import FinetuneConfig
     >>> cfg = FinetuneConfig()
-    >>> train, test = data.split(cfg.data)  # doctest: +SKIP
-    >>> result, model = fit(cfg.model, train, test, "r3f", 0, cfg.train, cfg.rxf)  # doctest: +SKIP
+    >>> task, module = prepare(cfg.model, 5, "r3f", 0, cfg.rxf)  # doctest: +SKIP
+    >>> result = fit(task, module, train_set, eval_set, cfg.train, seed=0)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import functools
 import math
-import random
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -22,12 +29,21 @@ import rxf
 from rxf.cli import models
 from rxf.cli.config import ModelSettings, TrainSettings
 from rxf.cli.data import Examples
-from rxf.cli.metrics import accuracy, macro_f1
+
+METHODS: dict[str, dict[str, Any] | None] = {
+    "standard": None,  # not wrapped
+    "r3f": {},
+    "r4f": {"spectral_norm_head": True},
+    "rdrop": {"eps": 0.0},  # dropout consistency only (R-Drop)
+    "r3f_shared_dropout": {"share_dropout_masks": True},  # the noise alone
+}
+NO_DECAY = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)
 
 
 @dataclass
 class RunResult:
-    """What one (method, seed) run measured; ``curve`` holds the periodic evaluations."""
+    """What one (method, seed) run measured; ``curve`` holds the periodic evaluations,
+    ``losses`` / ``consistency`` / ``lrs`` one value per optimiser step."""
 
     method: str
     seed: int
@@ -40,6 +56,7 @@ class RunResult:
     curve: list[dict[str, float]] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
     consistency: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -47,24 +64,28 @@ class RunResult:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's (when installed) and torch's generators."""
-    random.seed(seed)
-    torch.manual_seed(seed)
-    try:
-        import numpy as np
+    """Seed Python's, NumPy's and torch's generators (accelerate's ``set_seed``)."""
+    from accelerate.utils import set_seed
 
-        np.random.seed(seed % 2**32)
-    except ImportError:  # pragma: no cover - numpy ships with torch wheels
-        pass
+    set_seed(seed)
 
 
-METHODS: dict[str, dict[str, Any] | None] = {
-    "standard": None,  # not wrapped
-    "r3f": {},
-    "r4f": {"spectral_norm_head": True},
-    "rdrop": {"eps": 0.0},  # dropout consistency only (R-Drop)
-    "r3f_shared_dropout": {"share_dropout_masks": True},  # the noise alone
-}
+@functools.lru_cache(maxsize=1)
+def accelerator(cpu: bool, mixed_precision: str, accumulation_steps: int) -> Any:
+    """The process's :class:`accelerate.Accelerator` for these settings, remade when they
+    change (accelerate keeps one shared state per process, which the newest one sets)."""
+    from accelerate import Accelerator
+
+    return Accelerator(
+        cpu=cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=accumulation_steps
+    )
+
+
+def accelerator_for(settings: TrainSettings) -> Any:
+    """:func:`accelerator` for a config's train settings."""
+    return accelerator(
+        settings.device == "cpu", settings.mixed_precision, settings.accumulation_steps
+    )
 
 
 def prepare(
@@ -73,18 +94,41 @@ def prepare(
     method: str,
     seed: int,
     rxf_config: rxf.RXFConfig,
-    device: str,
 ) -> tuple[models.TaskModel, nn.Module]:
     """A freshly initialised model for ``method``, wrapped by rxf with the method's
     settings (:data:`METHODS`) on top of ``rxf_config``; the head's initialisation depends
     on ``seed`` only, so every method starts from the same model for a seed."""
     seed_everything(seed)
     task = models.build(settings, num_labels)
-    module = task.module.to(device)
+    module = task.module
     overrides = METHODS[method]
     if overrides is not None:
         module = rxf.wrap(module, rxf_config, **overrides)
     return task, module
+
+
+def build_optimizer(module: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    """AdamW with weight decay on every parameter except biases and normalisation weights
+    (transformers' ``get_parameter_names``, the grouping its ``Trainer`` uses)."""
+    from transformers.trainer_pt_utils import get_parameter_names
+
+    decayed = {n for n in get_parameter_names(module, list(NO_DECAY)) if not n.endswith("bias")}
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for n, p in named if n in decayed], "weight_decay": settings.weight_decay},
+        {"params": [p for n, p in named if n not in decayed], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=settings.lr)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, settings: TrainSettings, total: int) -> Any:
+    """transformers' schedule: linear warm-up over ``warmup_ratio`` of the steps, then
+    linear / cosine decay to 0 or constant."""
+    from transformers import get_scheduler
+
+    name = "constant_with_warmup" if settings.schedule == "constant" else settings.schedule
+    warmup = math.ceil(settings.warmup_ratio * total)
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total)
 
 
 def fit(
@@ -102,37 +146,48 @@ def fit(
     """Train ``module`` in place on ``train``; evaluate on ``held_out`` every
     ``eval_every`` epochs and at the end."""
     start = time.perf_counter()
-    device = torch.device(settings.device)
-    optimizer = _optimizer(module, settings)
+    acc = accelerator_for(settings)
+    shards = acc.num_processes * settings.accumulation_steps
     per_epoch = math.ceil(len(train) / settings.batch_size)
     total = per_epoch * settings.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(settings, total))
+    optimizer = build_optimizer(module, settings)
+    scheduler = build_scheduler(optimizer, settings, total)
+    model, optimizer = acc.prepare(module, optimizer)
     order = torch.Generator().manual_seed(seed)
     result = RunResult(method, seed, 0.0, 0.0, total, 0.0, 0.0, 0.0)
-    bar = _bar(total, label, progress)
+    bar = _bar(total, label, progress and acc.is_main_process)
     for epoch in range(1, settings.epochs + 1):
-        module.train()
+        model.train()
         permutation = torch.randperm(len(train), generator=order).tolist()
         for first in range(0, len(train), settings.batch_size):
-            chosen = permutation[first : first + settings.batch_size]
+            parts = _split(permutation[first : first + settings.batch_size], shards)
+            mine = parts[acc.process_index :: acc.num_processes]
             tic = time.perf_counter()
-            loss, term = _step(task, module, train.subset(chosen), device)
-            if settings.max_grad_norm is not None:
-                nn.utils.clip_grad_norm_(module.parameters(), settings.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            result.lrs.append(scheduler.get_last_lr()[0])
+            totals = torch.zeros(3, device=acc.device)  # loss·n, term·n, n over my shards
+            for part in mine:
+                with acc.accumulate(model):
+                    loss, term = _loss(task, model, train.subset(part), acc)
+                    acc.backward(loss)
+                    if acc.sync_gradients and settings.max_grad_norm is not None:
+                        acc.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                totals += torch.stack([loss.detach(), term, torch.ones_like(term)]) * len(part)
             scheduler.step()
+            loss_sum, term_sum, count = acc.reduce(totals, "sum").tolist()
+            loss_value, term_value = loss_sum / count, term_sum / count
             result.train_seconds += time.perf_counter() - tic
-            result.losses.append(loss)
-            result.consistency.append(term)
+            result.losses.append(loss_value)
+            result.consistency.append(term_value)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}")
+            bar.set_postfix(loss=f"{loss_value:.3f}")
         if epoch % settings.eval_every == 0 or epoch == settings.epochs:
-            acc, f1 = evaluate(task, module, held_out, settings.eval_batch_size, device)
+            score, f1 = evaluate(task, model, held_out, settings.eval_batch_size, acc.device)
             result.curve.append(
-                {"epoch": epoch, "step": epoch * per_epoch, "accuracy": acc, "macro_f1": f1}
+                {"epoch": epoch, "step": epoch * per_epoch, "accuracy": score, "macro_f1": f1}
             )
-            bar.set_postfix(loss=f"{result.losses[-1]:.3f}", acc=f"{acc:.3f}")
+            bar.set_postfix(loss=f"{result.losses[-1]:.3f}", acc=f"{score:.3f}")
     bar.close()
     result.accuracy, result.macro_f1 = result.curve[-1]["accuracy"], result.curve[-1]["macro_f1"]
     result.seconds_per_step = result.train_seconds / total
@@ -140,18 +195,31 @@ def fit(
     return result
 
 
-def _step(
-    task: models.TaskModel, module: nn.Module, batch: Examples, device: torch.device
-) -> tuple[float, float]:
-    inputs = {k: v.to(device) for k, v in task.encode(batch.items).items()}
-    labels = torch.tensor(batch.labels, device=device)
-    logits = models.logits_of(module(**inputs))
+def _split(indices: Sequence[int], parts: int) -> list[list[int]]:
+    """``indices`` in ``parts`` contiguous, near-equal pieces (``parts`` must fit)."""
+    if len(indices) < parts:
+        raise ValueError(
+            f"a batch of {len(indices)} examples cannot be split over {parts} processes × "
+            f"accumulation steps; lower train.accumulation_steps or the process count, or "
+            f"raise train.batch_size"
+        )
+    size, extra = divmod(len(indices), parts)
+    bounds = [i * size + min(i, extra) for i in range(parts + 1)]
+    return [list(indices[bounds[i] : bounds[i + 1]]) for i in range(parts)]
+
+
+def _loss(
+    task: models.TaskModel, model: nn.Module, batch: Examples, acc: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    inputs = {k: v.to(acc.device) for k, v in task.encode(batch.items).items()}
+    labels = torch.tensor(batch.labels, device=acc.device)
+    logits = models.logits_of(model(**inputs))
     loss = nn.functional.cross_entropy(logits.float(), labels)
-    term = getattr(module, "consistency_loss", None) if isinstance(module, rxf.RXFModel) else None
-    if term is not None:
-        loss = loss + term
-    loss.backward()
-    return loss.item(), 0.0 if term is None else float(term.detach())
+    inner = acc.unwrap_model(model)
+    if isinstance(inner, rxf.RXFModel):
+        term = inner.consistency_loss
+        return loss + term, term.detach().float()
+    return loss, torch.zeros((), device=acc.device)
 
 
 @torch.no_grad()
@@ -162,46 +230,22 @@ def evaluate(
     batch_size: int,
     device: torch.device,
 ) -> tuple[float, float]:
-    """(accuracy, macro-F1) of ``module`` on ``examples``, in eval mode."""
+    """(accuracy, macro-F1) of ``module`` on ``examples`` in eval mode (scikit-learn)."""
+    from sklearn.metrics import accuracy_score, f1_score
+
     module.eval()
     predictions: list[int] = []
     for first in range(0, len(examples), batch_size):
         part = examples.items[first : first + batch_size]
         inputs = {k: v.to(device) for k, v in task.encode(part).items()}
         predictions += models.logits_of(module(**inputs)).argmax(-1).tolist()
+    labels = list(range(len(examples.label_names)))
     return (
-        accuracy(examples.labels, predictions),
-        macro_f1(examples.labels, predictions, len(examples.label_names)),
+        float(accuracy_score(examples.labels, predictions)),
+        float(
+            f1_score(examples.labels, predictions, labels=labels, average="macro", zero_division=0)
+        ),
     )
-
-
-def _optimizer(module: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
-    decay: list[nn.Parameter] = []
-    plain: list[nn.Parameter] = []
-    for name, param in module.named_parameters():
-        if param.requires_grad:
-            (plain if param.dim() <= 1 or name.endswith(".bias") else decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": settings.weight_decay},
-        {"params": plain, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=settings.lr)
-
-
-def _schedule(settings: TrainSettings, total: int) -> Any:
-    warmup = int(settings.warmup_ratio * total)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = (step - warmup) / max(1, total - warmup)
-        if settings.schedule == "linear":
-            return max(0.0, 1.0 - progress)
-        if settings.schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        return 1.0
-
-    return factor
 
 
 def _bar(total: int, label: str, enabled: bool) -> Any:

@@ -29,7 +29,10 @@ CASES = [
     ("train: {epochs: many}", "train.epochs: Input should be a valid integer"),
     ("train: {lr: -1}", "train.lr: Input should be greater than 0"),
     ("seeds: [1, 1]", "seeds: [1, 1] lists an entry twice"),
-    ("methods: [standard, r5f]", "methods[1]: Input should be 'standard', 'r3f', 'r4f', 'rdrop' or 'r3f_shared_dropout'"),
+    (
+        "methods: [standard, r5f]",
+        "methods[1]: Input should be 'standard', 'r3f', 'r4f', 'rdrop' or 'r3f_shared_dropout'",
+    ),
     ("rxf: {noise_type: pink}", "rxf.noise_type: unknown noise_type 'pink'"),
     ("rxf: {epsilon: 0.1}", "unknown key 'rxf.epsilon'; did you mean 'eps'?"),
     ("rxf: {spectral_norm_head: true}", "list 'r4f' in methods instead"),
@@ -78,7 +81,7 @@ def test_columns_and_classes_are_checked_against_the_file(
         assert main(["finetune", str(config)]) == 2
         err = capsys.readouterr().err
         assert message in err, err
-        assert "(row 1 has: text, label)" in err or "column" not in message
+        assert "(it has: text, label)" in err or "column" not in message
 
 
 def test_missing_config_file_and_probe_errors(

@@ -87,7 +87,7 @@ def test_json_lines_with_own_columns_and_a_separate_eval_file(
 def test_malformed_json_lines(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "a", "label": 1}\nnot json\n')
-    with pytest.raises(ConfigError, match="not JSON lines"):
+    with pytest.raises(ConfigError, match="bad.jsonl, line 2: not JSON"):
         load(str(bad), settings())
 
 

@@ -44,6 +44,11 @@ output: {tmp_path / "out"}
     )
 
 
+def run_files(out: Path) -> dict[str, Path]:
+    """The finished runs in ``out`` (every fingerprint's folder), by file name."""
+    return {p.name: p for p in (out / "runs").glob("*/*-seed*.json")}
+
+
 def counting_fit(
     monkeypatch: pytest.MonkeyPatch, stop_at: int | None = None, fake: bool = False
 ) -> list[Any]:
@@ -142,24 +147,23 @@ def test_interrupt_keeps_finished_runs_and_rerun_skips_them(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     config = tiny_config(tmp_path, tiny_bert, tiny_csv)
-    runs = tmp_path / "out" / "runs"
     calls = counting_fit(monkeypatch, stop_at=2)
     assert main(["finetune", str(config), *QUICK]) == 130
     assert calls == [("standard", 0), ("r3f", 0)]
-    assert sorted(p.name for p in runs.glob("*.json")) == ["standard-seed0.json"]
-    kept = (runs / "standard-seed0.json").read_bytes()
+    assert sorted(run_files(tmp_path / "out")) == ["standard-seed0.json"]
+    kept = run_files(tmp_path / "out")["standard-seed0.json"].read_bytes()
     assert "Partial" in (tmp_path / "out" / "results.md").read_text()
     assert "interrupted: 1 of 6 runs are saved" in capsys.readouterr().out
 
     calls = counting_fit(monkeypatch)
     assert main(["finetune", str(config), *QUICK]) == 0
     assert ("standard", 0) not in calls and len(calls) == 5
-    assert (runs / "standard-seed0.json").read_bytes() == kept
+    assert run_files(tmp_path / "out")["standard-seed0.json"].read_bytes() == kept
     assert "standard seed 0: done before" in capsys.readouterr().out
     assert len(json.loads((tmp_path / "out" / "results.json").read_text())["runs"]) == 6
 
 
-def test_more_seeds_reuse_finished_runs_but_other_settings_are_refused(
+def test_more_seeds_reuse_finished_runs_other_settings_rerun(
     tiny_bert: Path,
     tiny_csv: Path,
     tmp_path: Path,
@@ -175,12 +179,34 @@ def test_more_seeds_reuse_finished_runs_but_other_settings_are_refused(
 
     changed = tiny_config(tmp_path, tiny_bert, tiny_csv, methods="[standard]", seeds=2, epochs=2)
     capsys.readouterr()
-    assert main(["finetune", str(changed), *QUICK]) == 2
-    err = capsys.readouterr().err
-    assert "holds runs made with other settings (changed: train.epochs)" in err
-    assert calls == [("standard", 1)]
-    assert main(["finetune", str(changed), *QUICK, "--restart"]) == 0
+    assert main(["finetune", str(changed), *QUICK]) == 0
+    out = capsys.readouterr().out
+    assert "note: 2 run(s) in" in out and "(changed: train.epochs); they are kept" in out
     assert calls[1:] == [("standard", 0), ("standard", 1)]
+    assert main(["finetune", str(config), *QUICK]) == 0  # back: the first runs are reused
+    assert len(calls) == 3
+    assert main(["finetune", str(changed), *QUICK, "--restart"]) == 0
+    assert calls[3:] == [("standard", 0), ("standard", 1)]
+
+
+def test_edited_data_reruns(
+    tiny_bert: Path,
+    tiny_csv: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Same config, edited data file: the finished runs are not reused."""
+    config = tiny_config(tmp_path, tiny_bert, tiny_csv, methods="[standard]", seeds=1, epochs=1)
+    calls = counting_fit(monkeypatch, fake=True)
+    assert main(["finetune", str(config), *QUICK]) == 0
+    assert main(["finetune", str(config), *QUICK]) == 0
+    assert calls == [("standard", 0)]
+    tiny_csv.write_text(tiny_csv.read_text().replace("good", "fine"))
+    capsys.readouterr()
+    assert main(["finetune", str(config), *QUICK]) == 0
+    assert calls == [("standard", 0), ("standard", 0)]
+    assert "(changed: content.data.dataset)" in capsys.readouterr().out
 
 
 def test_ctrl_c_on_the_real_command(
@@ -202,12 +228,12 @@ def test_ctrl_c_on_the_real_command(
         env=env,
     )
     deadline = time.monotonic() + 120
-    while not list(runs.glob("*.json")) and proc.poll() is None and time.monotonic() < deadline:
+    while not run_files(runs.parent) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    finished = sorted(p.name for p in runs.glob("*.json"))
+    finished = sorted(run_files(runs.parent))
     assert "standard-seed0.json" in finished and len(finished) < 6, out
     assert "interrupted" in out
 
@@ -280,7 +306,7 @@ def test_methods_wrap_with_their_settings(tiny_bert: Path) -> None:
 
     settings = ModelSettings(name=str(tiny_bert), max_length=16)
     base = rxf.RXFConfig(eps=0.1, r3f_lambda=0.5)
-    _, plain = train.prepare(settings, 3, "standard", 0, base, "cpu")
+    _, plain = train.prepare(settings, 3, "standard", 0, base)
     assert not isinstance(plain, rxf.RXFModel)
     expected = {
         "r3f": (0.1, False, False),
@@ -289,7 +315,7 @@ def test_methods_wrap_with_their_settings(tiny_bert: Path) -> None:
         "r3f_shared_dropout": (0.1, False, True),
     }
     for method, (eps, spectral, shared) in expected.items():
-        _, module = train.prepare(settings, 3, method, 0, base, "cpu")
+        _, module = train.prepare(settings, 3, method, 0, base)
         cfg = module.rxf_config
         assert (cfg.eps, cfg.spectral_norm_head, cfg.share_dropout_masks) == (eps, spectral, shared)
         assert cfg.r3f_lambda == 0.5
