@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import write_config
+from tests.runner.conftest import write_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,9 +37,9 @@ def _run(config: Path, processes: int) -> dict:
         f"--nproc_per_node={processes}",
         f"--master_port={_free_port()}",
         "-m",
-        "rxf.cli",
+        "rxf_runner",
     ]
-    cmd = launcher if processes > 1 else [sys.executable, "-m", "rxf.cli"]
+    cmd = launcher if processes > 1 else [sys.executable, "-m", "rxf_runner"]
     out = subprocess.run(
         [*cmd, "finetune", str(config), "--no-progress", "--no-plots", "--restart"],
         capture_output=True,

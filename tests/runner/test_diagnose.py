@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from rxf_runner import main, models
+from rxf_runner.config import FinetuneConfig
+from rxf_runner.diagnose import batches_of
+from rxf_runner.loading import load_config
 
 import rxf
-from rxf.cli import main, models
-from rxf.cli.config import FinetuneConfig
-from rxf.cli.diagnose import batches_of
-from rxf.cli.loading import load_config
-from tests.cli.conftest import write_config
+from tests.runner.conftest import write_config
 
 
 def test_diagnose_command_matches_the_library_on_the_first_batches(

@@ -1,5 +1,5 @@
 """The results of ``rxf finetune``: per method the spread over seeds (mean ± SD, median,
-worst seed), and per method vs ``standard`` the paired comparison of :mod:`rxf.cli.stats`.
+worst seed), and per method vs ``standard`` the paired comparison of :mod:`rxf_runner.stats`.
 There is no "best seed" column: the headline is the paired difference and its CI.
 
 Example:
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rxf.cli import stats
+from rxf_runner import stats
 
 BASELINE = "standard"
 METRICS = ("accuracy", "macro_f1")
@@ -53,7 +53,7 @@ def summarize(runs: Sequence[dict[str, Any]], methods: Sequence[str]) -> list[di
 def comparisons(
     runs: Sequence[dict[str, Any]], methods: Sequence[str], metric: str = "accuracy"
 ) -> list[dict[str, Any]]:
-    """Per method other than ``standard``: :func:`rxf.cli.stats.compare` of ``metric`` over
+    """Per method other than ``standard``: :func:`rxf_runner.stats.compare` of ``metric`` over
     the seeds both have finished (empty when ``standard`` is not among the methods)."""
     by_key = {(r["method"], r["seed"]): float(r[metric]) for r in runs}
     out = []

@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from rxf.config import RXFConfig
+from rxf import RXFConfig
 
 BUILTIN_MODELS = {"minilm": "text", "efficientnet_lite0": "image"}
 BUILTIN_DATASETS = {"bbc_news": "text", "digits": "image"}

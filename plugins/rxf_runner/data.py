@@ -5,7 +5,7 @@ Text examples are strings; image examples are paths or ``uint8``/float arrays (H
 turned into tensors by the model's input pipeline.
 
 Example:
-    >>> from rxf.cli.config import IMAGE_SUFFIXES, DataSettings, is_saved_dataset
+    >>> from rxf_runner.config import IMAGE_SUFFIXES, DataSettings, is_saved_dataset
     >>> train, test = split(DataSettings(train_per_class=2, eval_per_class=3))
     >>> len(train), len(test), train.label_names[0]
     (10, 15, 'business')
@@ -20,8 +20,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from rxf.cli.config import IMAGE_SUFFIXES, DataSettings, is_saved_dataset
-from rxf.cli.loading import ConfigError
+from rxf_runner.config import IMAGE_SUFFIXES, DataSettings, is_saved_dataset
+from rxf_runner.loading import ConfigError
 
 
 @dataclass(frozen=True)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import BaseModel
+from rxf_runner.config import FinetuneConfig, ProbeConfig
 
-from rxf.cli.config import FinetuneConfig, ProbeConfig
-from rxf.cli.reference import render
-from rxf.config import RXFConfig
+from rxf import RXFConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,9 +30,20 @@ def nested_models(cls: type[BaseModel]) -> set[type[BaseModel]]:
     return found
 
 
+def _hook() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "config_reference", ROOT / "docs" / "hooks" / "config_reference.py"
+    )
+    assert spec is not None and spec.loader is not None
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    return hook
+
+
 def test_reference_lists_every_field_of_every_section() -> None:
+    render = _hook().render
     for config in (FinetuneConfig, ProbeConfig):
-        text = render(f"rxf.cli.config.{config.__name__}")
+        text = render(f"rxf_runner.config.{config.__name__}")
         for model in nested_models(config):
             assert text.count(f"### `{model.__name__}`") == 1, model
             table = text.split(f"### `{model.__name__}`", 1)[1].split("\n### ", 1)[0]
@@ -40,7 +51,7 @@ def test_reference_lists_every_field_of_every_section() -> None:
                 assert f"| `{name}` |" in table, f"{model.__name__}.{name}"
                 assert info.description, f"{model.__name__}.{name} has no description"
         assert "[`RXFConfig`](config.md)" in text
-    text = render("rxf.cli.config.TrainSettings")
+    text = render("rxf_runner.config.TrainSettings")
     assert '| `schedule` | `"linear"`, `"cosine"` or `"constant"` | `linear` |' in text
     assert "| `max_grad_norm` | number or null | `1.0` |" in text
 
@@ -53,7 +64,7 @@ def test_mkdocs_hook_expands_the_markers_in_the_cli_page() -> None:
     hook = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hook)
     page = (ROOT / "docs" / "cli.md").read_text()
-    assert "<!-- rxf-config-reference: rxf.cli.config.FinetuneConfig -->" in page
+    assert "<!-- rxf-config-reference: rxf_runner.config.FinetuneConfig -->" in page
     out = hook.on_page_markdown(page, page=None, config=None, files=None)
     assert "rxf-config-reference" not in out
     for model in nested_models(FinetuneConfig) | nested_models(ProbeConfig):

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from rxf_runner import main
+from rxf_runner.config import DataSettings, ModelSettings
+from rxf_runner.data import Examples, split
+from rxf_runner.models import build
+from rxf_runner.probe import features
 
-from rxf.cli import main
-from rxf.cli.config import DataSettings, ModelSettings
-from rxf.cli.data import Examples, split
-from rxf.cli.models import build
-from rxf.cli.probe import features
-from tests.cli.conftest import write_config
-from tests.cli.test_finetune import QUICK, counting_fit
+from tests.runner.conftest import write_config
+from tests.runner.test_finetune import QUICK, counting_fit
 
 
 def probe_config(tmp_path: Path, model: Path, csv: Path) -> Path:

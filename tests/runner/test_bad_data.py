@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rxf_runner import main, models, train
+from rxf_runner.config import DataSettings, FinetuneConfig
+from rxf_runner.data import load
+from rxf_runner.loading import ConfigError, load_config
 
-from rxf.cli import main, models, train
-from rxf.cli.config import DataSettings, FinetuneConfig
-from rxf.cli.data import load
-from rxf.cli.loading import ConfigError, load_config
-from tests.cli.conftest import sentences, write_config
+from tests.runner.conftest import sentences, write_config
 
 
 @pytest.fixture

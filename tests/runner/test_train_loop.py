@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 import torch
+from rxf_runner import train
+from rxf_runner.config import ModelSettings, TrainSettings
+from rxf_runner.data import Examples
 from torch import nn
 
-from rxf.cli import train
-from rxf.cli.config import ModelSettings, TrainSettings
-from rxf.cli.data import Examples
-from tests.cli.conftest import sentences
+from tests.runner.conftest import sentences
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 (efficientnet-lite0 built in), each with its input pipeline and a pooled-feature function.
 
 Example:
-    >>> from rxf.cli.config import ModelSettings
+    >>> from rxf_runner.config import ModelSettings
     >>> task = build(ModelSettings(name="minilm", max_length=16), num_labels=2)  # doctest: +SKIP
     >>> logits_of(task.module(**task.encode(["a fine day", "rain"])))  # doctest: +SKIP
 """
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rxf.cli.config import ModelSettings
+from rxf_runner.config import ModelSettings
 
 Batch = dict[str, Tensor]
 

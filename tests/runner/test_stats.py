@@ -9,9 +9,8 @@ import statistics
 
 import numpy as np
 import pytest
-
-from rxf.cli.report import comparisons, markdown, summarize
-from rxf.cli.stats import compare, describe, detectable_difference, verdict
+from rxf_runner.report import comparisons, markdown, summarize
+from rxf_runner.stats import compare, describe, detectable_difference, verdict
 
 METHOD = [0.905, 0.87, 0.915, 0.885, 0.9, 0.93, 0.86, 0.895]
 BASE = [0.89, 0.875, 0.89, 0.88, 0.905, 0.9, 0.845, 0.88]

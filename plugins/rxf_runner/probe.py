@@ -7,7 +7,7 @@ the same method, then probe the source task. A ``pretrained`` row probes the mod
 any fine-tuning.
 
 Example:
-    >>> from rxf.cli.config import ProbeConfig
+    >>> from rxf_runner.config import ProbeConfig
     >>> rows = run(ProbeConfig.model_validate({"seeds": 1}))  # doctest: +SKIP
 """
 
@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 import rxf
-from rxf.cli import data, models, train
-from rxf.cli.config import ProbeConfig
-from rxf.cli.data import Examples
-from rxf.cli.stats import describe
-from rxf.cli.store import RunStore, software, source_key
+from rxf_runner import data, models, train
+from rxf_runner.config import ProbeConfig
+from rxf_runner.data import Examples
+from rxf_runner.stats import describe
+from rxf_runner.store import RunStore, software, source_key
 
 Split = tuple[Examples, Examples]
 
@@ -75,7 +75,7 @@ def run(
 def fingerprint(cfg: ProbeConfig) -> dict[str, Any]:
     """Everything a probe run depends on: the settings, the content of every task's data
     and of the model, the library versions."""
-    from rxf.cli.finetune import BUILTIN_SOURCES
+    from rxf_runner.finetune import BUILTIN_SOURCES
 
     dump = cfg.model_dump(mode="json", exclude={"methods", "seeds", "output"})
     tasks = [cfg.source, cfg.second, *cfg.probes]

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from rxf_runner import main
+from rxf_runner.config import ModelSettings
+from rxf_runner.models import build, images_to_tensor, transfer_encoder
 from torch import nn
 
-from rxf.cli import main
-from rxf.cli.config import ModelSettings
-from rxf.cli.models import build, images_to_tensor, transfer_encoder
-from tests.cli.conftest import write_config
+from tests.runner.conftest import write_config
 
 
 def test_explain_a_local_checkpoint(tiny_bert: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -114,7 +114,7 @@ def test_the_command_starts_without_importing_frameworks() -> None:
     import sys
 
     code = (
-        "import sys, rxf.cli; from rxf.cli import _parser; _parser().format_help(); "
+        "import sys, rxf_runner; from rxf_runner import _parser; _parser().format_help(); "
         "print(sorted(m for m in ('torch', 'transformers', 'timm', 'matplotlib') "
         "if m in sys.modules))"
     )

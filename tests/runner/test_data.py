@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from rxf.cli.config import DataSettings
-from rxf.cli.data import load, split
-from rxf.cli.loading import ConfigError
+from rxf_runner.config import DataSettings
+from rxf_runner.data import load, split
+from rxf_runner.loading import ConfigError
 
 
 def settings(**fields: object) -> DataSettings:

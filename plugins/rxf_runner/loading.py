@@ -1,7 +1,7 @@
 """Reading a YAML config into its pydantic model, with one clear message on any mistake.
 
 Example:
-    >>> from rxf.cli.config import FinetuneConfig
+    >>> from rxf_runner.config import FinetuneConfig
     >>> load_config(None, FinetuneConfig).model.name
     'minilm'
 """
@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from rxf.errors import RXFError
+from rxf import RXFError
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rxf.cli.store import RunStore, content_digest, source_key
+from rxf_runner.store import RunStore, content_digest, source_key
 
 
 def test_store_saves_atomically(tmp_path: Path) -> None:

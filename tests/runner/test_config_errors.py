@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rxf_runner import main, models, train
+from rxf_runner.config import FinetuneConfig
+from rxf_runner.loading import ConfigError, load_config
 
-from rxf.cli import main, models, train
-from rxf.cli.config import FinetuneConfig
-from rxf.cli.loading import ConfigError, load_config
-from tests.cli.conftest import write_config
+from tests.runner.conftest import write_config
 
 
 @pytest.fixture

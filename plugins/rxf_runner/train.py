@@ -7,7 +7,7 @@ examples are split over the processes and the accumulation steps, so one process
 draws of each shard).
 
 Example:
-    >>> from rxf.cli.config import FinetuneConfig
+    >>> from rxf_runner.config import FinetuneConfig
     >>> cfg = FinetuneConfig()
     >>> task, module = prepare(cfg.model, 5, "r3f", 0, cfg.rxf)  # doctest: +SKIP
     >>> result = fit(task, module, train_set, eval_set, cfg.train, seed=0)  # doctest: +SKIP
@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 import rxf
-from rxf.cli import models
-from rxf.cli.config import ModelSettings, TrainSettings
-from rxf.cli.data import Examples
+from rxf_runner import models
+from rxf_runner.config import ModelSettings, TrainSettings
+from rxf_runner.data import Examples
 
 METHODS: dict[str, dict[str, Any] | None] = {
     "standard": None,  # not wrapped

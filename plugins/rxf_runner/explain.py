@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from rxf.cli.config import ModelSettings
-from rxf.cli.loading import ConfigError
+from rxf_runner.config import ModelSettings
+from rxf_runner.loading import ConfigError
 
 
 def explain_model(name: str, num_labels: int = 2, r4f: bool = False) -> str:
     """The rxf.explain table of the model called ``name`` (built-in, folder or timm name)."""
     import rxf
-    from rxf.cli import models
+    from rxf_runner import models
 
     settings = _settings(name)
     task = models.build(settings, num_labels)

@@ -6,7 +6,7 @@ the table is printed and ``diagnosis.md``, ``diagnosis.json`` and ``diagnosis.pn
 written to the output folder.
 
 Example:
-    >>> from rxf.cli.config import FinetuneConfig
+    >>> from rxf_runner.config import FinetuneConfig
     >>> result = run(FinetuneConfig())  # doctest: +SKIP
 """
 
@@ -19,8 +19,8 @@ from typing import Any, TextIO
 import torch
 
 import rxf
-from rxf.cli import data, models, train
-from rxf.cli.config import FinetuneConfig
+from rxf_runner import data, models, train
+from rxf_runner.config import FinetuneConfig
 
 
 def batches_of(

@@ -90,11 +90,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    from rxf.errors import RXFError
+    from rxf import RXFError
 
     try:
         if args.command == "explain":
-            from rxf.cli.explain import explain_model
+            from rxf_runner.explain import explain_model
 
             print(explain_model(args.model, args.num_labels, args.r4f))
             return 0
@@ -108,8 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_study(args: argparse.Namespace) -> int:
-    from rxf.cli.config import FinetuneConfig, ProbeConfig
-    from rxf.cli.loading import load_config
+    from rxf_runner.config import FinetuneConfig, ProbeConfig
+    from rxf_runner.loading import load_config
 
     cls: type[FinetuneConfig | ProbeConfig] = (
         ProbeConfig if args.command == "probe" else FinetuneConfig
@@ -123,17 +123,17 @@ def _run_study(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
         return 0
     if args.command == "diagnose":
-        from rxf.cli import diagnose
+        from rxf_runner import diagnose
 
         diagnose.run(cfg, plots=not args.no_plots)
     elif args.command == "finetune":
-        from rxf.cli import finetune
+        from rxf_runner import finetune
 
         finetune.run(
             cfg, restart=args.restart, progress=not args.no_progress, plots=not args.no_plots
         )
     else:
-        from rxf.cli import probe
+        from rxf_runner import probe
 
         probe.run(cfg, restart=args.restart, progress=not args.no_progress)
     return 0

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 import torch
+from rxf_runner import main, train
 
-from rxf.cli import main, train
-from tests.cli.conftest import write_config
+from tests.runner.conftest import write_config
 
 QUICK = ["--no-progress", "--no-plots"]
 
@@ -221,7 +221,7 @@ def test_ctrl_c_on_the_real_command(
         "OMP_NUM_THREADS": "1",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rxf.cli", "finetune", str(config), *QUICK],
+        [sys.executable, "-m", "rxf_runner", "finetune", str(config), *QUICK],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -301,8 +301,9 @@ output: out
 
 
 def test_methods_wrap_with_their_settings(tiny_bert: Path) -> None:
+    from rxf_runner.config import ModelSettings
+
     import rxf
-    from rxf.cli.config import ModelSettings
 
     settings = ModelSettings(name=str(tiny_bert), max_length=16)
     base = rxf.RXFConfig(eps=0.1, r3f_lambda=0.5)
