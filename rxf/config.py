@@ -1,21 +1,18 @@
-"""RXFConfig: every knob of R3F/R4F, validated; loaded from dicts, JSON, YAML or fairseq flags."""
+"""RXFConfig: every knob of R3F/R4F, validated; loaded from dicts, JSON or YAML.
+
+Pure data: building a config imports no plugin, no framework and not torch. Registered names
+(``noise_type``, ``divergence``, ``regression_divergence``) are checked where they are used,
+at :func:`rxf.wrap`.
+"""
 
 from __future__ import annotations
 
-import argparse
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-_FAIRSEQ_FLAGS = {
-    "--eps": ("eps", float),
-    "--r3f-lambda": ("r3f_lambda", float),
-    "--noise-type": ("noise_type", str),
-}
-_FAIRSEQ_SWITCH = "--spectral-norm-classification-head"
 
 
 class RXFConfig(BaseModel):
@@ -101,20 +98,6 @@ class RXFConfig(BaseModel):
         "refuses BatchNorm in training mode; the model's loss must ignore label -100).",
     )
 
-    @field_validator("noise_type")
-    @classmethod
-    def _known_noise_type(cls, value: str) -> str:
-        from rxf.plugins import noise_types
-
-        return _check_registered(value, noise_types(), "noise_type")
-
-    @field_validator("divergence", "regression_divergence")
-    @classmethod
-    def _known_divergence(cls, value: str) -> str:
-        from rxf.plugins import divergences
-
-        return _check_registered(value, divergences(), "divergence")
-
     @field_validator("embedding", "head")
     @classmethod
     def _dotted_path(cls, value: str | None) -> str | None:
@@ -165,41 +148,3 @@ class RXFConfig(BaseModel):
         if not isinstance(data, Mapping):
             raise ValueError(f"rxf config {str(path)!r} must hold a mapping of fields")
         return cls.from_dict(data)
-
-    @classmethod
-    def from_fairseq_args(cls, args: Sequence[str] | argparse.Namespace) -> RXFConfig:
-        """Read the reference's flags (``--eps``, ``--r3f-lambda``, ``--noise-type``,
-        ``--spectral-norm-classification-head``) from a command line or parsed namespace.
-
-        Other flags of a fairseq command line are ignored.
-
-        Example:
-            >>> RXFConfig.from_fairseq_args(["--r3f-lambda", "0.7", "--lr", "1e-5"]).r3f_lambda
-            0.7
-        """
-        if isinstance(args, argparse.Namespace):
-            ns = vars(args)
-            data = {key: ns[key] for key, _ in _FAIRSEQ_FLAGS.values() if ns.get(key) is not None}
-            if ns.get("spectral_norm_classification_head"):
-                data["spectral_norm_head"] = True
-            return cls.from_dict(data)
-        parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-        for flag, (dest, kind) in _FAIRSEQ_FLAGS.items():
-            parser.add_argument(flag, dest=dest, type=kind)
-        parser.add_argument(_FAIRSEQ_SWITCH, dest="spectral_norm_head", action="store_true")
-        try:
-            known, _ = parser.parse_known_args(list(args))
-        except SystemExit as exc:  # argparse exits on a malformed value
-            raise ValueError(f"could not read rxf flags from {list(args)!r}") from exc
-        data = {k: v for k, v in vars(known).items() if v is not None and v is not False}
-        return cls.from_dict(data)
-
-
-def _check_registered(value: str, registry: Mapping[str, Any], field: str) -> str:
-    if value not in registry:
-        known = ", ".join(sorted(registry))
-        raise ValueError(
-            f"unknown {field} {value!r}; known: {known}. Register new ones with a plugin "
-            f"(see docs/plugins.md)."
-        )
-    return value

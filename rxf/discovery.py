@@ -14,14 +14,13 @@ from rxf.errors import RXFError
 
 @dataclass
 class Targets:
-    """The modules chosen for a model, with their dotted paths and who chose them."""
+    """The modules chosen for a model and their dotted paths (``rxf.explain`` says who chose
+    them)."""
 
     embedding: nn.Module
     embedding_name: str
-    embedding_source: str
     head: nn.Module | None = None
     head_name: str | None = None
-    head_source: str | None = None
     spectral_linears: list[nn.Linear] = field(default_factory=list)
 
 
@@ -50,10 +49,10 @@ def resolve_path(model: nn.Module, path: str, field_name: str) -> nn.Module:
         ) from None
 
 
-def _find_embedding(model: nn.Module, cfg: RXFConfig) -> tuple[nn.Module, str, str]:
+def _find_embedding(model: nn.Module, cfg: RXFConfig) -> tuple[nn.Module, str]:
     if cfg.embedding is not None:
-        return resolve_path(model, cfg.embedding, "embedding"), cfg.embedding, "config"
-    module, source = plugins.find_embedding(model)
+        return resolve_path(model, cfg.embedding, "embedding"), cfg.embedding
+    module = plugins.find_embedding(model)
     if module is None:
         candidates = [n for n, m in model.named_modules() if isinstance(m, nn.Embedding)]
         hint = f" Candidates: {', '.join(candidates[:5])}." if candidates else ""
@@ -61,29 +60,32 @@ def _find_embedding(model: nn.Module, cfg: RXFConfig) -> tuple[nn.Module, str, s
             f"rxf found no token embedding in {type(model).__name__}: no plugin recognises it. "
             f"Name it explicitly, e.g. RXFConfig(embedding='encoder.embed_tokens').{hint}"
         )
-    return module, module_path(model, module), source or "?"
+    return module, module_path(model, module)
 
 
-def _find_head(model: nn.Module, cfg: RXFConfig) -> tuple[nn.Module, str, str]:
+def _find_head(model: nn.Module, cfg: RXFConfig) -> tuple[nn.Module, str]:
     if cfg.head is not None:
-        return resolve_path(model, cfg.head, "head"), cfg.head, "config"
-    module, source = plugins.find_head(model)
+        return resolve_path(model, cfg.head, "head"), cfg.head
+    module = plugins.find_head(model)
     if module is None:
         raise RXFError(
             f"R4F (spectral_norm_head=True) needs the classification head, but no plugin "
             f"recognises the head of {type(model).__name__}; name it, e.g. "
             f"RXFConfig(head='classifier')."
         )
-    return module, module_path(model, module), source or "?"
+    return module, module_path(model, module)
 
 
 def discover(model: nn.Module, cfg: RXFConfig) -> Targets:
-    """Find the embedding (and the head when R4F is on); changes nothing (``wrap`` applies)."""
-    embedding, embedding_name, embedding_source = _find_embedding(model, cfg)
-    targets = Targets(embedding, embedding_name, embedding_source)
+    """Find the embedding (and the head when R4F is on); changes nothing (``wrap`` applies).
+
+    Checks the config's registered names first (:func:`rxf.plugins.check_registered_names`).
+    """
+    plugins.check_registered_names(cfg)
+    targets = Targets(*_find_embedding(model, cfg))
     if cfg.spectral_norm_head:
-        targets.head, targets.head_name, targets.head_source = _find_head(model, cfg)
-        if targets.head is embedding:
+        targets.head, targets.head_name = _find_head(model, cfg)
+        if targets.head is targets.embedding:
             raise RXFError(
                 f"the head {targets.head_name!r} is the embedding module; point "
                 f"RXFConfig(head=...) at the classification head"

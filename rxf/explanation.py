@@ -79,18 +79,27 @@ def explain(model: nn.Module, config: RXFConfig | None = None, **overrides: Any)
         cfg = (config or RXFConfig()).with_overrides(**overrides)
         inner, targets = model, discover(model, cfg)
     calls = cfg.embedding_calls or plugins.embedding_calls(inner)
-    pm = plugins.plugin_manager()
-    logit_plugins = [
-        impl.plugin_name for impl in reversed(pm.hook.rxf_extract_logits.get_hookimpls())
-    ]
+    embedding_plugin = (
+        "config"
+        if cfg.embedding is not None
+        else plugins.answered_by("rxf_find_embedding", targets.embedding, model=inner)
+    )
+    head_plugin = None
+    if targets.head is not None:
+        head_plugin = (
+            "config"
+            if cfg.head is not None
+            else plugins.answered_by("rxf_find_head", targets.head, model=inner)
+        )
     return Explanation(
         model=type(inner).__name__,
         embedding=targets.embedding_name,
         embedding_module=type(targets.embedding).__name__,
-        embedding_plugin=targets.embedding_source,
+        embedding_plugin=embedding_plugin,
         head=targets.head_name,
-        head_plugin=targets.head_source,
-        logits="from the forward output, asked in order of: " + ", ".join(logit_plugins),
+        head_plugin=head_plugin,
+        logits="from the forward output, asked in order of: "
+        + ", ".join(plugins.implementers("rxf_extract_logits")),
         config=cfg,
         embedding_calls=calls,
     )

@@ -58,27 +58,39 @@ def reset_plugin_manager() -> None:
     _manager = None
 
 
-def _first_result(hook_name: str, **kwargs: Any) -> tuple[Any, str | None]:
-    """Call a firstresult hook's implementations in pluggy's order; return (result, plugin)."""
-    pm = plugin_manager()
-    hook = getattr(pm.hook, hook_name)
-    for impl in reversed(hook.get_hookimpls()):
+def find_embedding(model: nn.Module) -> nn.Module | None:
+    """The embedding module plugins propose for ``model`` (``rxf_find_embedding``)."""
+    result: nn.Module | None = plugin_manager().hook.rxf_find_embedding(model=model)
+    return result
+
+
+def find_head(model: nn.Module) -> nn.Module | None:
+    """The classification head plugins propose for ``model`` (``rxf_find_head``)."""
+    result: nn.Module | None = plugin_manager().hook.rxf_find_head(model=model)
+    return result
+
+
+def answered_by(hook_name: str, result: Any, **kwargs: Any) -> str:
+    """Which plugin gave ``result`` for a first-result hook (for :func:`rxf.explain` only).
+
+    The implementations are asked again, one by one in pluggy's call order, until one
+    returns ``result`` itself; a result that none of them returns came from a hook wrapper,
+    whose plugins are named.
+    """
+    impls = list(reversed(getattr(plugin_manager().hook, hook_name).get_hookimpls()))
+    wrappers = [i.plugin_name for i in impls if i.hookwrapper or i.wrapper]
+    for impl in impls:
         if impl.hookwrapper or impl.wrapper:
             continue
-        result = impl.function(*(kwargs[name] for name in impl.argnames))
-        if result is not None:
-            return result, impl.plugin_name
-    return None, None
+        if impl.function(*(kwargs[name] for name in impl.argnames)) is result:
+            return impl.plugin_name
+    return "wrapper " + ", ".join(wrappers) if wrappers else "?"
 
 
-def find_embedding(model: nn.Module) -> tuple[nn.Module | None, str | None]:
-    """The embedding module plugins propose for ``model``, and the plugin that answered."""
-    return _first_result("rxf_find_embedding", model=model)
-
-
-def find_head(model: nn.Module) -> tuple[nn.Module | None, str | None]:
-    """The classification head plugins propose for ``model``, and the plugin that answered."""
-    return _first_result("rxf_find_head", model=model)
+def implementers(hook_name: str) -> list[str]:
+    """The plugins implementing a hook, in the order pluggy calls them."""
+    impls = getattr(plugin_manager().hook, hook_name).get_hookimpls()
+    return [impl.plugin_name for impl in reversed(impls)]
 
 
 def extract_logits(model: nn.Module, output: Any) -> Tensor | None:
@@ -116,20 +128,65 @@ def embedding_calls(model: nn.Module) -> str:
 
 
 def _merged_registry(hook_name: str, kind: str) -> dict[str, Callable[..., Any]]:
-    pm = plugin_manager()
-    hook = getattr(pm.hook, hook_name)
+    """Merge the dicts a registry hook returns (pluggy's call, wrappers included); a name
+    offered twice is an error naming both plugins."""
+    hook = getattr(plugin_manager().hook, hook_name)
     merged: dict[str, Callable[..., Any]] = {}
-    owner: dict[str, str] = {}
-    for impl in reversed(hook.get_hookimpls()):
-        for name, factory in (impl.function() or {}).items():
+    for offered in hook():
+        for name, factory in (offered or {}).items():
             if name in merged:
+                owners = _owners(hook, name)
                 raise RXFError(
-                    f"{kind} {name!r} is registered twice, by plugins {owner[name]!r} and "
-                    f"{impl.plugin_name!r}; rename one of them or block a plugin with "
-                    f"{DISABLE_ENV}."
+                    f"{kind} {name!r} is registered twice, by plugins "
+                    f"{' and '.join(map(repr, owners))}; rename one of them or block a plugin "
+                    f"with {DISABLE_ENV}."
                 )
-            merged[name], owner[name] = factory, impl.plugin_name
+            merged[name] = factory
     return merged
+
+
+def _owners(hook: Any, name: str) -> list[str]:
+    owners = []
+    for impl in reversed(hook.get_hookimpls()):
+        if not (impl.hookwrapper or impl.wrapper) and name in (impl.function() or {}):
+            owners.append(impl.plugin_name)
+    return owners
+
+
+def registered(kind: str, name: str, field: str) -> Callable[..., Any]:
+    """The noise type or divergence registered under ``name``.
+
+    Raises:
+        RXFError: unknown name; names the config field, the known names and the closest.
+
+    Example:
+        >>> registered("divergence", "kl", "divergence").__name__
+        'kl_per_position'
+    """
+    registry: dict[str, Callable[..., Any]] = (
+        noise_types() if kind == "noise type" else divergences()  # type: ignore[assignment]
+    )
+    if name in registry:
+        return registry[name]
+    import difflib
+
+    close = difflib.get_close_matches(name, list(registry), n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise RXFError(
+        f"RXFConfig.{field}: unknown {field} {name!r}; known: {', '.join(sorted(registry))}."
+        f"{hint} Register new ones with a plugin (see docs/plugins.md)."
+    )
+
+
+def check_registered_names(config: Any) -> None:
+    """Check an :class:`rxf.RXFConfig`'s registered names (noise type, divergences).
+
+    Raises:
+        RXFError: the first unknown name, as :func:`registered` words it.
+    """
+    registered("noise type", config.noise_type, "noise_type")
+    for field in ("divergence", "regression_divergence"):
+        registered("divergence", getattr(config, field), field)
 
 
 def noise_types() -> dict[str, NoiseSampler]:

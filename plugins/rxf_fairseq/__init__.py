@@ -11,7 +11,8 @@ from fairseq or whose ``forward`` takes ``src_tokens``, and tells rxf:
 * the token mask: non-padding ``prev_output_tokens`` (seq2seq) or ``src_tokens``.
 
 Logits come from ``(logits, extra)`` tuples through rxf's defaults. The reference
-criteria live in :mod:`rxf_fairseq.criteria`.
+criteria live in :mod:`rxf_fairseq.criteria`; :func:`config_from_args` reads the reference's
+flags (``--eps``, ``--r3f-lambda``, ...) into an :class:`rxf.RXFConfig`.
 
 Example:
     >>> import rxf_fairseq
@@ -25,6 +26,7 @@ from rxf_fairseq.criteria import (
     label_smoothed_nll_loss,
     reference_config,
 )
+from rxf_fairseq.flags import config_from_args
 from rxf_fairseq.hooks import (
     is_fairseq_style,
     rxf_embedding_calls,
@@ -38,6 +40,7 @@ from rxf_fairseq.hooks import (
 __all__ = [
     "LabelSmoothedCrossEntropyR3F",
     "SentencePredictionR3F",
+    "config_from_args",
     "is_fairseq_style",
     "label_smoothed_nll_loss",
     "reference_config",

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
 import json
+import re
+import subprocess
+import sys
 
 import pytest
 from pydantic import ValidationError
 
-from rxf import RXFConfig
+import rxf
+from rxf import RXFConfig, RXFError
+
+from .conftest import TinyClassifier
 
 
 def test_defaults_follow_the_reference() -> None:
@@ -24,8 +29,6 @@ def test_defaults_follow_the_reference() -> None:
         ({"eps": -1e-5}, "eps"),
         ({"r3f_lambda": -0.1}, "r3f_lambda"),
         ({"eps": float("nan")}, "eps"),
-        ({"noise_type": "gaussianish"}, "unknown noise_type 'gaussianish'"),
-        ({"divergence": "wasserstein"}, "unknown divergence 'wasserstein'"),
         ({"epsilon": 1e-5}, "epsilon"),
         ({"eps": "small"}, "eps"),
         ({"spectral_norm_head": "maybe"}, "spectral_norm_head"),
@@ -39,9 +42,32 @@ def test_invalid_fields_name_the_field(fields: dict, needle: str) -> None:
     assert needle in str(info.value)
 
 
-def test_unknown_noise_lists_known_names() -> None:
-    with pytest.raises(ValidationError, match="known: neftune, normal, uniform"):
-        RXFConfig(noise_type="laplace")
+@pytest.mark.parametrize(
+    ("fields", "needle"),
+    [
+        ({"noise_type": "gaussianish"}, "unknown noise_type 'gaussianish'"),
+        ({"noise_type": "laplace"}, "known: neftune, normal, uniform"),
+        ({"noise_type": "unifrom"}, "Did you mean 'uniform'?"),
+        ({"divergence": "wasserstein"}, "unknown divergence 'wasserstein'"),
+        ({"regression_divergence": "huber"}, "RXFConfig.regression_divergence"),
+    ],
+)
+def test_registered_names_are_checked_at_wrap(fields: dict, needle: str) -> None:
+    cfg = RXFConfig(**fields)  # pure data: nothing is looked up here
+    with pytest.raises(RXFError, match=re.escape(needle)):
+        rxf.wrap(TinyClassifier(), cfg)
+    with pytest.raises(RXFError, match=re.escape(needle)):
+        rxf.explain(TinyClassifier(), cfg)
+
+
+def test_building_a_config_imports_neither_torch_nor_an_adapter() -> None:
+    code = (
+        "import sys; from rxf import RXFConfig; RXFConfig(); RXFConfig.from_dict({'eps': 0.1, "
+        "'noise_type': 'neftune'}); print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'torch', 'transformers', 'timm', 'rxf_transformers', 'rxf_timm', 'rxf_fairseq'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_frozen() -> None:
@@ -65,36 +91,3 @@ def test_from_json_and_yaml(tmp_path) -> None:
     (tmp_path / "list.yaml").write_text("- 1\n")
     with pytest.raises(ValueError, match="mapping"):
         RXFConfig.from_file(tmp_path / "list.yaml")
-
-
-def test_from_fairseq_flags() -> None:
-    argv = [
-        "data-bin/RTE",
-        "--lr",
-        "1e-5",
-        "--eps",
-        "1e-6",
-        "--r3f-lambda",
-        "0.7",
-        "--noise-type",
-        "normal",
-        "--spectral-norm-classification-head",
-    ]
-    cfg = RXFConfig.from_fairseq_args(argv)
-    assert cfg == RXFConfig(eps=1e-6, r3f_lambda=0.7, noise_type="normal", spectral_norm_head=True)
-    assert RXFConfig.from_fairseq_args([]) == RXFConfig()
-    with pytest.raises(ValueError, match="could not read rxf flags"):
-        RXFConfig.from_fairseq_args(["--eps", "tiny"])
-    with pytest.raises(ValidationError, match="noise_type"):
-        RXFConfig.from_fairseq_args(["--noise-type", "poisson"])
-
-
-def test_from_fairseq_namespace() -> None:
-    ns = argparse.Namespace(
-        eps=1e-4,
-        r3f_lambda=2.0,
-        noise_type="uniform",
-        spectral_norm_classification_head=False,
-        lr=[1e-5],
-    )
-    assert RXFConfig.from_fairseq_args(ns) == RXFConfig(eps=1e-4, r3f_lambda=2.0)

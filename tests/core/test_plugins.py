@@ -43,11 +43,34 @@ def test_adhoc_plugin_beats_defaults_and_adds_a_noise(fresh_manager, batch) -> N
     fresh_manager.register(PositionsPlugin(), name="positions")
     model = rxf.wrap(TinyClassifier(), eps=0.5, noise_type="constant")
     assert model.rxf_targets.embedding_name == "embed_positions"
-    assert model.rxf_targets.embedding_source == "positions"
+    assert rxf.explain(model).embedding_plugin == "positions"
     seen: list[torch.Tensor] = []
     model.module.layer_norm.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
     model(**batch)
     assert torch.allclose(seen[1] - seen[0], torch.full_like(seen[0], 0.5), atol=1e-6)
+
+
+def test_pluggy_hook_wrappers_are_honoured(fresh_manager, batch) -> None:
+    class Wrapping:
+        @rxf.hookimpl(wrapper=True)
+        def rxf_find_embedding(self, model):
+            found = yield  # what the other plugins answered
+            return getattr(model, "embed_positions", found)
+
+        @rxf.hookimpl(wrapper=True)
+        def rxf_register_noise_types(self):
+            offered = yield
+            return [*offered, {"test_half": lambda e, eps: torch.full(e.shape, eps / 2)}]
+
+    fresh_manager.register(Wrapping(), name="wrapping")
+    model = rxf.wrap(TinyClassifier(), eps=0.5, noise_type="test_half")
+    assert model.rxf_targets.embedding_name == "embed_positions"
+    assert rxf.explain(model).embedding_plugin == "wrapper wrapping"
+    seen: list[torch.Tensor] = []
+    model.module.layer_norm.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    model(**batch)
+    assert torch.allclose(seen[1] - seen[0], torch.full_like(seen[0], 0.25), atol=1e-6)
+    assert "test_half" in plugins.noise_types()
 
 
 def test_duplicate_registration_names_both_plugins(fresh_manager) -> None:
@@ -109,7 +132,7 @@ try:
     emb = net.tok(torch.tensor([[1, 2]]))
     out = model(torch.tensor([[1, 2]]))
     result.update(embedding=model.rxf_targets.embedding_name,
-                  source=model.rxf_targets.embedding_source,
+                  source=rxf.explain(model).embedding_plugin,
                   shift=(out - emb).flatten().tolist())
 except Exception as exc:
     result["error"] = f"{type(exc).__name__}: {exc}"
