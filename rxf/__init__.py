@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rxf.config import RXFConfig
     from rxf.diagnosis import diagnose
-    from rxf.errors import RXFError, RXFPrecisionWarning
+    from rxf.errors import RXFError, RXFPrecisionWarning, RXFUnusedTermWarning
     from rxf.explanation import Explanation, explain
     from rxf.hookspecs import hookimpl
     from rxf.inputs import ForwardInputs
@@ -33,6 +33,7 @@ _EXPORTS = {
     "RXFError": "rxf.errors",
     "RXFModel": "rxf.wrapper",
     "RXFPrecisionWarning": "rxf.errors",
+    "RXFUnusedTermWarning": "rxf.errors",
     "diagnose": "rxf.diagnosis",
     "explain": "rxf.explanation",
     "hookimpl": "rxf.hookspecs",
@@ -48,6 +49,7 @@ __all__ = [
     "RXFError",
     "RXFModel",
     "RXFPrecisionWarning",
+    "RXFUnusedTermWarning",
     "__version__",
     "diagnose",
     "explain",
