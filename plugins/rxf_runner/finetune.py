@@ -18,7 +18,7 @@ import torch
 import rxf
 from rxf_runner import data, models, report, store, train
 from rxf_runner import plots as plotting
-from rxf_runner.config import FinetuneConfig
+from rxf_runner.config import DIAGNOSIS, FinetuneConfig
 from rxf_runner.store import RunStore
 
 BUILTIN_SOURCES = {
@@ -87,6 +87,8 @@ def run(
         f"{acc.mixed_precision}, {cfg.train.batch_size} examples per optimiser step",
         file=out,
     )
+    if cfg.rxf == FinetuneConfig().rxf and cfg.model.name == "minilm":
+        print(f"rxf: {DIAGNOSIS}", file=out)
     _show_targets(cfg, num_labels, out)
 
     plan = [(method, seed) for seed in cfg.seeds for method in cfg.methods]
@@ -174,7 +176,8 @@ def _write_outputs(
         "lr": cfg.train.lr,
         "max length": cfg.model.max_length if cfg.model.kind == "text" else "n/a",
         "rxf": f"eps={cfg.rxf.eps:g}, lambda={cfg.rxf.r3f_lambda:g}, "
-        f"noise={cfg.rxf.noise_type}, divergence={cfg.rxf.divergence}",
+        f"noise={cfg.rxf.noise_type}, divergence={cfg.rxf.divergence}"
+        + (f" ({DIAGNOSIS})" if cfg.rxf == FinetuneConfig().rxf else ""),
         "seeds": ", ".join(str(s) for s in cfg.seeds),
         "this command's wall time (s)": round(seconds, 1),
         "config": cfg.model_dump(mode="json"),

@@ -33,7 +33,7 @@ CASES = [
         "methods: [standard, r5f]",
         "methods[1]: Input should be 'standard', 'r3f', 'r4f', 'rdrop' or 'r3f_shared_dropout'",
     ),
-    ("rxf: {noise_type: pink}", "rxf.noise_type: unknown noise_type 'pink'"),
+    ("rxf: {noise_type: pink}", "unknown noise_type 'pink'"),
     ("rxf: {epsilon: 0.1}", "unknown key 'rxf.epsilon'; did you mean 'eps'?"),
     ("rxf: {spectral_norm_head: true}", "list 'r4f' in methods instead"),
     ("data: {dataset: imdb}", "unknown dataset 'imdb': not a built-in (bbc_news, digits)"),
@@ -114,9 +114,10 @@ def test_defaults_are_the_embedded_default_and_print_back(
     assert (cfg.model.name, cfg.data.dataset, cfg.methods, cfg.seeds) == (
         "minilm",
         "bbc_news",
-        ["standard", "r3f", "r4f"],
-        [0, 1, 2],
+        ["standard", "r3f", "rdrop", "r3f_shared_dropout"],
+        [0, 1, 2, 3],
     )
+    assert cfg.rxf.eps == 0.1 and cfg.train.eval_every == 6
     assert main(["finetune", "--print-config", "-o", str(tmp_path / "x")]) == 0
     printed = capsys.readouterr().out
     again = load_config(write_config(tmp_path, printed), FinetuneConfig)
