@@ -59,32 +59,13 @@ def _first_batched(value: Any) -> Tensor | None:
 
 
 def with_decoder_inputs(model: nn.Module, inputs: ForwardInputs) -> ForwardInputs:
-    """Seq2seq models that build their decoder inputs from ``labels`` (teacher forcing) get
-    them built from the real labels first, so masking the noisy half's labels cannot change
-    what its decoder reads.
-
-    Duck-typed: a model with ``prepare_decoder_input_ids_from_labels(labels=...)`` (Hugging
-    Face BART, T5, mBART, ...). Another encoder-decoder model (``config.is_encoder_decoder``)
-    with token-level labels and no decoder inputs is refused.
+    """``inputs`` completed by the plugins (``rxf_prepare_concat_inputs``) before doubling:
+    models that derive inputs from the labels (seq2seq teacher forcing) get them built from
+    the real labels, so masking the noisy half's labels cannot change what it reads.
     """
-    labels = inputs.kwargs.get(LABELS)
-    given = any(
-        inputs.kwargs.get(k) is not None for k in ("decoder_input_ids", "decoder_inputs_embeds")
-    )
-    if not isinstance(labels, Tensor) or labels.dim() < 2 or given:
-        return inputs
-    prepare = getattr(model, "prepare_decoder_input_ids_from_labels", None)
-    if callable(prepare):
-        return ForwardInputs(
-            inputs.args, {**inputs.kwargs, "decoder_input_ids": prepare(labels=labels)}
-        )
-    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
-        raise RXFError(
-            f"concat mode: {type(model).__name__} is an encoder-decoder model and may build its "
-            f"decoder inputs from labels, which rxf masks on the noisy half. Pass "
-            f"decoder_input_ids=... explicitly, or use RXFConfig(mode='two_pass')."
-        )
-    return inputs
+    from rxf import plugins
+
+    return plugins.prepare_concat_inputs(model, inputs)
 
 
 def double_inputs(inputs: ForwardInputs, batch: int) -> ForwardInputs:

@@ -111,6 +111,12 @@ def rxf_embedding_calls(model: nn.Module) -> str:
     return "all"
 
 
+@hookimpl(trylast=True)
+def rxf_prepare_concat_inputs(model: nn.Module, inputs: ForwardInputs) -> ForwardInputs:
+    """The inputs as they are."""
+    return inputs
+
+
 @hookimpl
 def rxf_register_noise_types() -> dict[str, NoiseSampler]:
     return dict(BUILTIN_NOISE_TYPES)

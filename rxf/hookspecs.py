@@ -100,6 +100,18 @@ def rxf_embedding_calls(model: nn.Module) -> str | None:
     """
 
 
+@hookspec(firstresult=True)
+def rxf_prepare_concat_inputs(model: nn.Module, inputs: ForwardInputs) -> ForwardInputs | None:
+    """Return the forward inputs to double in concat mode, completed where needed.
+
+    Called once per concat-mode training forward, before the batch is doubled and the noisy
+    half's ``labels`` are set to -100. A model that builds other inputs from its labels
+    (seq2seq decoder inputs by teacher forcing) must get them from the **real** labels here,
+    or the noisy half would read different inputs. Raise :class:`rxf.RXFError` for a model
+    whose inputs cannot be completed; the built-in answer returns ``inputs`` unchanged.
+    """
+
+
 @hookspec
 def rxf_register_noise_types() -> dict[str, NoiseSampler]:
     """Return noise samplers by name, for ``RXFConfig.noise_type``.

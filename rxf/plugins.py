@@ -119,6 +119,14 @@ def sequence_starts(model: nn.Module, inputs: ForwardInputs) -> Tensor | None:
     return result
 
 
+def prepare_concat_inputs(model: nn.Module, inputs: ForwardInputs) -> ForwardInputs:
+    """The inputs concat mode doubles, completed by the plugins (decoder inputs, ...)."""
+    result: ForwardInputs = plugin_manager().hook.rxf_prepare_concat_inputs(
+        model=model, inputs=inputs
+    )
+    return result
+
+
 def embedding_calls(model: nn.Module) -> str:
     """``"all"`` or ``"first"``: which embedding calls of a noisy pass get noise."""
     result = plugin_manager().hook.rxf_embedding_calls(model=model)

@@ -36,6 +36,7 @@ from rxf_transformers.hooks import (
     rxf_extract_logits,
     rxf_find_embedding,
     rxf_find_head,
+    rxf_prepare_concat_inputs,
     rxf_sequence_starts,
     rxf_token_mask,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "rxf_extract_logits",
     "rxf_find_embedding",
     "rxf_find_head",
+    "rxf_prepare_concat_inputs",
     "rxf_sequence_starts",
     "rxf_token_mask",
 ]

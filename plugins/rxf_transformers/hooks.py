@@ -66,6 +66,16 @@ def rxf_sequence_starts(model: nn.Module, inputs: ForwardInputs) -> Tensor | Non
 
 
 @hookimpl
+def rxf_prepare_concat_inputs(model: nn.Module, inputs: ForwardInputs) -> ForwardInputs | None:
+    """Seq2seq models in concat mode: decoder inputs built from the real labels
+    (``prepare_decoder_input_ids_from_labels``) before rxf masks the noisy half's labels.
+    Also answers for any model following the convention ``config.is_encoder_decoder``."""
+    if not (families.is_transformers_model(model) or families.is_encoder_decoder(model)):
+        return None
+    return masks.concat_inputs(model, inputs)
+
+
+@hookimpl
 def rxf_token_mask(model: nn.Module, inputs: ForwardInputs, output: Any) -> Tensor | None:
     """Labels-aware position mask: seq2seq, shifted for causal LMs, plain otherwise."""
     if not families.is_transformers_model(model):

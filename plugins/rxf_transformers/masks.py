@@ -114,3 +114,32 @@ def sequence_starts(inputs: ForwardInputs) -> Tensor | None:
     firsts = cumulative[:-1].long()
     starts[0, firsts[firsts < tokens]] = True
     return starts
+
+
+def concat_inputs(model: nn.Module, inputs: ForwardInputs) -> ForwardInputs:
+    """``inputs`` with ``decoder_input_ids`` built from the real ``labels`` (teacher forcing)
+    for seq2seq models that would derive them from the labels, so concat mode's masking of the
+    noisy half's labels cannot change what its decoder reads.
+
+    Raises:
+        RXFError: an encoder-decoder model without ``prepare_decoder_input_ids_from_labels``
+            and without explicit decoder inputs.
+    """
+    labels = inputs.kwargs.get("labels")
+    given = any(
+        inputs.kwargs.get(k) is not None for k in ("decoder_input_ids", "decoder_inputs_embeds")
+    )
+    if not isinstance(labels, Tensor) or labels.dim() < 2 or given:
+        return inputs
+    prepare = getattr(model, "prepare_decoder_input_ids_from_labels", None)
+    if callable(prepare):
+        return ForwardInputs(
+            inputs.args, {**inputs.kwargs, "decoder_input_ids": prepare(labels=labels)}
+        )
+    if is_encoder_decoder(model):
+        raise RXFError(
+            f"concat mode: {type(model).__name__} is an encoder-decoder model and may build its "
+            f"decoder inputs from labels, which rxf masks on the noisy half. Pass "
+            f"decoder_input_ids=... explicitly, or use RXFConfig(mode='two_pass')."
+        )
+    return inputs
