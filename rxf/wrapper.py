@@ -11,10 +11,11 @@ import types
 import warnings
 import weakref
 from collections.abc import Iterator, Mapping, MutableMapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from rxf import concat, plugins
 from rxf.batchnorm import frozen_batchnorm_stats
@@ -26,7 +27,7 @@ from rxf.inputs import ForwardInputs
 from rxf.noise import declared_extras, lengths_from_starts
 from rxf.perturbation import PerturbationRecord, perturb, probe_other_hooks, watch_other_hooks
 from rxf.rng import RNGState, replayed_stream
-from rxf.spectral import apply_spectral_norm, baked_state_dict, remove_spectral_norm
+from rxf.spectral import apply_spectral_norm
 
 _INNER = "module"
 
@@ -53,7 +54,12 @@ class RXFModel(nn.Module):
 
     def __init__(self, module: nn.Module, config: RXFConfig, targets: Targets) -> None:
         super().__init__()
-        self.module = module
+        # a view of the inner model: its parameters, buffers and children are the wrapper's
+        # own (the same dicts), so parameter names and state_dict keys are the inner
+        # model's under every stack that reads either (DDP, FSDP, DeepSpeed, PEFT, Lightning)
+        self.__dict__[_INNER] = module
+        for name in _SHARED:
+            self.__dict__[name] = module.__dict__[name]
         self.training = module.training  # not .train(): keeps the inner model's own modes
         self.rxf_config = config
         self.rxf_targets = targets
@@ -69,8 +75,9 @@ class RXFModel(nn.Module):
         self._term: Tensor = torch.zeros(())
         self._term_consumed = True
         self._stats: dict[str, Any] = {"mode": "none"}
-        self._register_state_dict_hook(_strip_inner_prefix)
-        self._register_load_state_dict_pre_hook(_add_inner_prefix)
+        # each tied parameter is stored once, under its first name (as save_pretrained does)
+        self._register_state_dict_hook(_drop_tied_aliases)
+        self._register_load_state_dict_pre_hook(_complete_keys, with_module=True)
         self._bind_forward()
 
     def _bind_forward(self) -> None:
@@ -112,6 +119,10 @@ class RXFModel(nn.Module):
             stacklevel=4,
         )
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # the class is made per inner class (see _wrapper_class): rebuild it from that class
+        return (_new_wrapper, (type(self.module),), self.__getstate__())
+
     def __getstate__(self) -> dict[str, Any]:
         if self.rxf_targets.spectral_linears:
             raise RXFError(
@@ -145,9 +156,15 @@ class RXFModel(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            if name == _INNER:
+            inner = self.__dict__.get(_INNER)
+            if inner is None or name == _INNER:
                 raise
-            return getattr(super().__getattr__(_INNER), name)
+            return getattr(inner, name)
+
+    def train(self, mode: bool = True) -> RXFModel:
+        self.module.train(mode)  # the inner model and (shared) children
+        self.training = mode
+        return self
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         cfg = self.rxf_config
@@ -257,10 +274,12 @@ class RXFModel(nn.Module):
         save = getattr(self.module, "save_pretrained", None)
         if not callable(save):
             raise AttributeError(f"{type(self.module).__name__} has no save_pretrained")
-        linears = self.rxf_targets.spectral_linears
-        if linears and kwargs.get("state_dict") is None:
-            kwargs["state_dict"] = baked_state_dict(self.module, linears)
-        return save(save_directory, *args, **kwargs)
+        if kwargs.get("state_dict") is not None:
+            return save(save_directory, *args, **kwargs)
+        # baked while the state dicts are read, however the framework reads them (PEFT
+        # collects an adapter's modules_to_save from their own state dicts)
+        with baked_state_dicts(r4f_linears(self.module)):
+            return save(save_directory, *args, **kwargs)
 
     @property
     def last_stats(self) -> dict[str, Any]:
@@ -420,18 +439,123 @@ def resolution_at(value: float, dtype: torch.dtype) -> float:
 
 def _forward_with_signature_of(module: nn.Module) -> types.FunctionType:
     """A copy of RXFModel.forward whose signature is the inner forward's (HF Trainer reads it)."""
+    try:
+        inner = inspect.signature(module.forward)
+    except (TypeError, ValueError):
+        return _forward_copy(None)
+    return _forward_copy(inner)
+
+
+def _forward_copy(inner: inspect.Signature | None) -> types.FunctionType:
+    """RXFModel.forward's code under the signature ``(self, *inner parameters)``."""
     base = RXFModel.forward
     fn = types.FunctionType(
         base.__code__, base.__globals__, base.__name__, base.__defaults__, base.__closure__
     )
     fn.__doc__, fn.__qualname__ = base.__doc__, base.__qualname__
-    try:
-        inner = inspect.signature(module.forward)
-    except (TypeError, ValueError):
-        return fn
-    self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    fn.__signature__ = inner.replace(parameters=[self_param, *inner.parameters.values()])  # type: ignore[attr-defined]
+    if inner is not None:
+        self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        fn.__signature__ = inner.replace(parameters=[self_param, *inner.parameters.values()])  # type: ignore[attr-defined]
     return fn
+
+
+_SHARED = ("_parameters", "_buffers", "_modules", "_non_persistent_buffers_set")
+_CLASSES: dict[type, type[RXFModel]] = {}
+
+
+def _wrapper_class(inner: type) -> type[RXFModel]:
+    """``RXFModel`` whose *class* ``forward`` shows the inner class's signature, made once per
+    inner class: Hugging Face's Trainer reads label names (``eval_loss``) and ``return_loss``
+    from ``type(model).forward``, where an instance's signature does not reach."""
+    cls = _CLASSES.get(inner)
+    if cls is None:
+        try:
+            params = list(inspect.signature(inner.forward).parameters.values())[1:]  # type: ignore[attr-defined]
+            signature: inspect.Signature | None = inspect.Signature(params)
+        except (TypeError, ValueError, AttributeError):
+            signature = None
+        namespace = {
+            "forward": _forward_copy(signature),
+            "__module__": RXFModel.__module__,
+            "__qualname__": RXFModel.__qualname__,
+            "__doc__": RXFModel.__doc__,
+        }
+        cls = _CLASSES[inner] = type(RXFModel.__name__, (RXFModel,), namespace)
+    return cls
+
+
+def _new_wrapper(inner: type) -> RXFModel:
+    """An empty wrapper of the class :func:`_wrapper_class` makes for ``inner`` (unpickling)."""
+    return RXFModel.__new__(_wrapper_class(inner))
+
+
+_R4F_MARK = "rxf_r4f"
+
+
+def mark_r4f(linears: list[nn.Linear]) -> None:
+    """Tag rxf's spectral-norm parametrizations; copies of the layer (PEFT's
+    ``modules_to_save``, ``copy.deepcopy``) carry the tag along."""
+    for linear in linears:
+        setattr(parametrize_list(linear)[0], _R4F_MARK, True)
+
+
+def parametrize_list(linear: nn.Module) -> Any:
+    return linear.parametrizations.weight  # type: ignore[union-attr]
+
+
+def r4f_linears(model: nn.Module) -> list[nn.Linear]:
+    """The Linear layers under ``model`` that carry rxf's R4F normalization, copies included."""
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.Linear)
+        and parametrize.is_parametrized(m, "weight")
+        and any(getattr(p, _R4F_MARK, False) for p in parametrize_list(m))
+    ]
+
+
+def bake_r4f(linears: list[nn.Linear]) -> None:
+    """Replace R4F's parametrization by a plain ``weight`` holding ``W / σ`` (eval mode).
+
+    Unlike ``remove_parametrizations`` this leaves deep copies of a layer intact: a copy
+    shares its parametrized class, from which torch deletes the ``weight`` property.
+    """
+    baked = []
+    for linear in linears:
+        training = linear.training
+        linear.eval()
+        with torch.no_grad():
+            weight = linear.weight.detach().clone()
+        linear.train(training)
+        baked.append((linear, weight, parametrize_list(linear).original.requires_grad))
+    for linear, weight, requires_grad in baked:
+        plain = next(c for c in type(linear).__mro__ if not c.__name__.startswith("Parametrized"))
+        del linear._modules["parametrizations"]
+        linear.__class__ = plain
+        linear.weight = nn.Parameter(weight, requires_grad=requires_grad)
+
+
+@contextlib.contextmanager
+def baked_state_dicts(linears: list[nn.Linear]) -> Iterator[None]:
+    """While open, the state dict of every module holding one of ``linears`` stores that
+    layer as a plain ``weight`` (``W / σ``, as :func:`unwrap` bakes) instead of the
+    parametrization's ``original`` / ``_u`` / ``_v``; the layers themselves do not change."""
+    handles = [linear._register_state_dict_hook(_bake_weight) for linear in linears]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _bake_weight(linear: nn.Module, state: dict[str, Any], prefix: str, metadata: Any) -> None:
+    for key in [k for k in state if k.startswith(prefix + "parametrizations.weight.")]:
+        del state[key]
+    training = linear.training
+    linear.eval()  # the weight the layer uses at inference: no extra power step
+    with torch.no_grad():
+        state[prefix + "weight"] = cast(Tensor, linear.weight).detach().clone()
+    linear.train(training)
 
 
 def _loss_of(output: Any) -> Tensor | None:
@@ -519,18 +643,33 @@ def _has_reentrant_checkpoint(logits: Tensor) -> bool:
     return False
 
 
-def _strip_inner_prefix(
+def _tied_aliases(module: nn.Module) -> dict[str, str]:
+    """Second and later names of parameters registered under several names (tied weights,
+    such as GPT-2's ``lm_head.weight``), each mapped to the parameter's first name."""
+    first: dict[int, str] = {}
+    aliases: dict[str, str] = {}
+    for name, param in module.named_parameters(remove_duplicate=False):
+        if id(param) in first:
+            aliases[name] = first[id(param)]
+        else:
+            first[id(param)] = name
+    return aliases
+
+
+def _drop_tied_aliases(
     module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any
 ) -> None:
-    inner = prefix + _INNER + "."
-    for key in [k for k in state_dict if k.startswith(inner)]:
-        state_dict[prefix + key[len(inner) :]] = state_dict.pop(key)
+    # one copy of each shared tensor: safetensors refuses tensors that share memory (the
+    # HF Trainer saves a non-PreTrainedModel that way); loading restores the alias
+    for alias in _tied_aliases(module):
+        state_dict.pop(prefix + alias, None)
 
 
-def _add_inner_prefix(state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-    inner = prefix + _INNER + "."
-    for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(inner)]:
-        state_dict[inner + key[len(prefix) :]] = state_dict.pop(key)
+def _complete_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Restores the tied aliases :func:`_drop_tied_aliases` left out."""
+    for alias, source in _tied_aliases(module).items():
+        if prefix + alias not in state_dict and prefix + source in state_dict:
+            state_dict[prefix + alias] = state_dict[prefix + source]
 
 
 def wrap(
@@ -571,7 +710,8 @@ def wrap(
     probe_other_hooks(targets.embedding, targets.embedding_name)
     if targets.head is not None:
         targets.spectral_linears = apply_spectral_norm(targets.head, cfg.spectral_norm_scope)
-    return RXFModel(model, cfg, targets)
+        mark_r4f(targets.spectral_linears)
+    return _wrapper_class(type(model))(model, cfg, targets)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -591,5 +731,5 @@ def unwrap(model: nn.Module) -> nn.Module:
         raise RXFError(
             f"rxf.unwrap expects a model returned by rxf.wrap, got {type(model).__name__}"
         )
-    remove_spectral_norm(model.rxf_targets.spectral_linears)
+    bake_r4f(r4f_linears(model.module))  # copies made since wrap() too (PEFT)
     return model.module

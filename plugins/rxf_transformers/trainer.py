@@ -27,6 +27,7 @@ from typing import Any
 
 from rxf.errors import RXFError
 from rxf.spectral import baked_state_dict
+from rxf.wrapper import r4f_linears
 from rxf_transformers.callback import callback_class, find_rxf_model
 from rxf_transformers.families import shifts_labels
 
@@ -120,7 +121,8 @@ def _build() -> type:
                 self._rxf_final_save = False
 
         def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
-            inner, linears = self.rxf_model.module, self.rxf_model.rxf_targets.spectral_linears
+            inner = self.rxf_model.module
+            linears = r4f_linears(inner)  # with copies made since wrap() (PEFT)
             if getattr(self, "_rxf_final_save", False) and linears:
                 state_dict = baked_state_dict(inner, linears, state_dict)
             # the Trainer saves a PreTrainedModel with save_pretrained (config, tied weights);

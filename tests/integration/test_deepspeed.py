@@ -110,10 +110,11 @@ def test_zero_matches_single_process_and_reloads_into_the_wrapper(
 ) -> None:
     state = _consolidated(zero_results, stage)
     fresh = rxf.wrap(tiny_bert(), **ddp_worker.RXF)
-    # zero_to_fp32 names parameters as the engine's module does; buffers come from its
-    # state_dict: the two agree, so the file loads strictly into the wrapper
-    assert set(state) == set(fresh.state_dict())
+    # zero_to_fp32 names parameters as the engine's module does and takes buffers from its
+    # state_dict: the two agree, and are the plain model's keys
+    assert set(state) == set(fresh.state_dict()) == set(tiny_bert().state_dict())
     fresh.load_state_dict(state, strict=True)
+    tiny_bert().load_state_dict(state, strict=True)
     reference, start = _reference(), tiny_bert().state_dict()
     trained = fresh.module.state_dict()
     assert max((trained[k] - start[k]).abs().max().item() for k in start) > 1e-2
