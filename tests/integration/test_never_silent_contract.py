@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
 import rxf
+from rxf.errors import RXFError
 from tests.integration.conftest import grads
 from tests.plugins.fairseq import models as fairseq_models
 from tests.plugins.transformers.conftest import FAMILIES as HF_FAMILIES
@@ -146,6 +147,7 @@ class Case:
     checkpointing: Callable[[nn.Module, bool], None] | None = None
     every_call: tuple[str, ...] = ()  # modules that get noise with embedding_calls="all"
     probe_calls: int = 1  # calls of each ``noisy`` module per pass
+    r4f: bool = False  # the adapter finds a classification head (R4F applies)
 
 
 def _hf_checkpointing(model: Any, reentrant: bool) -> None:
@@ -178,6 +180,7 @@ def _hf(name: str, shared: bool = False) -> Case:
         tuple_kwargs={"return_dict": False},
         checkpointing=checkpointing,
         every_call=(family.decoder_norm,) if shared and family.decoder_norm else (),
+        r4f=family.head is not None,
     )
 
 
@@ -260,6 +263,7 @@ CASES: dict[str, Case] = {
         noisy=("encoder.sentence_encoder.layernorm_embedding",),
         loss="none",
         task=_fairseq_task,
+        r4f=True,
     ),
     "fairseq-bart-seq2seq-shared": Case(
         _fairseq_seq2seq,
@@ -279,6 +283,7 @@ CASES: dict[str, Case] = {
         loss="none",
         task=_timm_task,
         checkpointing=_timm_checkpointing,
+        r4f=True,
     ),
     "timm-resnet": Case(
         _timm("resnet"),
@@ -288,6 +293,7 @@ CASES: dict[str, Case] = {
         loss="none",
         task=_timm_task,
         checkpointing=_timm_checkpointing,
+        r4f=True,
     ),
     "generic-dict": Case(_generic("dict"), 1, 1, noisy=("norm",)),
     "generic-named-tuple": Case(_generic("named_tuple"), 1, 1, noisy=("norm",)),
@@ -298,6 +304,7 @@ CASES: dict[str, Case] = {
 CHECKPOINTED = [name for name, case in CASES.items() if case.checkpointing is not None]
 TUPLE_CASES = [name for name, case in CASES.items() if case.tuple_kwargs is not None]
 SHARED = [name for name, case in CASES.items() if case.every_call]
+R4F = [name for name, case in CASES.items() if case.r4f]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -496,6 +503,31 @@ def test_copies_after_a_training_step(case_name: str) -> None:
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in copied.parameters())
         _assert_no_graph(copied)
     assert all(p.grad is None for p in wrapped.parameters())  # the copies share nothing
+
+
+@pytest.mark.parametrize("case_name", R4F)
+def test_r4f_copies_after_a_training_step(case_name: str) -> None:
+    """R4F (spectral norm on the head): deepcopy and AveragedModel after a step work and the
+    copies train; pickling the whole model is refused with an RXFError naming the fix."""
+    case = CASES[case_name]
+    model, inputs = case.build()
+    wrapped = rxf.wrap(model, eps=0.1, spectral_norm_head=True)
+    assert wrapped.rxf_targets.spectral_linears
+    torch.manual_seed(0)
+    _step_loss(case, wrapped, inputs).backward()
+    _assert_no_graph(wrapped)
+    clone = copy.deepcopy(wrapped)
+    average = AveragedModel(wrapped)
+    average.update_parameters(wrapped)
+    with pytest.raises(RXFError, match="state_dict"):
+        pickle.dumps(wrapped)
+    copies: tuple[Any, ...] = (clone, average.module)
+    for copied in copies:
+        torch.manual_seed(1)
+        loss = _step_loss(case, copied, inputs)
+        assert torch.isfinite(loss) and copied.consistency_loss.item() > 0
+        loss.backward()
+        _assert_no_graph(copied)
 
 
 # ----------------------------------------------------------------------------- 4. checkpointing
