@@ -7,7 +7,7 @@ unknown keys, wrong types and impossible values stop the command before any trai
 Example:
     >>> cfg = FinetuneConfig.model_validate({"train": {"epochs": 2}, "seeds": 2})
     >>> cfg.model.name, cfg.train.epochs, cfg.seeds, cfg.methods
-    ('minilm', 2, [0, 1], ['standard', 'r3f', 'r4f'])
+    ('minilm', 2, [0, 1], ['standard', 'r3f', 'rdrop', 'r3f_shared_dropout'])
 """
 
 from __future__ import annotations
@@ -53,15 +53,6 @@ def _seed_list(value: Any) -> Any:
 def _no_repeats(value: list[Any]) -> list[Any]:
     if len(set(value)) != len(value):
         raise ValueError(f"{value} lists an entry twice")
-    return value
-
-
-def _known_methods(value: list[str]) -> list[str]:
-    if "r3f_shared_dropout" in value and "share_dropout_masks" not in RXFConfig.model_fields:
-        raise ValueError(
-            "'r3f_shared_dropout' needs RXFConfig(share_dropout_masks=True), which this rxf "
-            "version lacks; upgrade rxf or drop the method"
-        )
     return value
 
 
@@ -404,7 +395,6 @@ class FinetuneConfig(BaseModel):
 
     _seeds = field_validator("seeds", mode="before")(_seed_list)
     _distinct = field_validator("methods", "seeds")(_no_repeats)
-    _methods = field_validator("methods")(_known_methods)
     _rxf = field_validator("rxf", mode="before")(_no_spectral_switch)
     _registered = field_validator("rxf")(_usable)
     _output = model_validator(mode="before")(_output_in_config_folder)
@@ -482,7 +472,6 @@ class ProbeConfig(BaseModel):
 
     _seeds = field_validator("seeds", mode="before")(_seed_list)
     _distinct = field_validator("methods", "seeds")(_no_repeats)
-    _methods = field_validator("methods")(_known_methods)
     _rxf = field_validator("rxf", mode="before")(_no_spectral_switch)
     _registered = field_validator("rxf")(_usable)
     _output = model_validator(mode="before")(_output_in_config_folder)
