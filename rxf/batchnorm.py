@@ -11,9 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
+import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from rxf.errors import RXFError
 
 
 def tracking_batchnorms(module: nn.Module) -> list[_BatchNorm]:
@@ -54,6 +58,8 @@ def frozen_batchnorm_stats(module: nn.Module) -> Iterator[list[_BatchNorm]]:
         ([0.0, 0.0], 0, True)
     """
     frozen = tracking_batchnorms(module)
+    grad_at_start = torch.is_grad_enabled()
+    handles = [bn.register_forward_pre_hook(_refuse_checkpointed(grad_at_start)) for bn in frozen]
     for bn in frozen:
         bn.track_running_stats = False
     try:
@@ -61,3 +67,37 @@ def frozen_batchnorm_stats(module: nn.Module) -> Iterator[list[_BatchNorm]]:
     finally:
         for bn in frozen:
             bn.track_running_stats = True
+        for handle in handles:
+            handle.remove()
+
+
+def _refuse_checkpointed(grad_at_start: bool) -> Any:
+    """A pre-hook that refuses a BatchNorm forward inside an activation-checkpointed segment.
+
+    The segment is recomputed during the backward, after this scope has ended: a reentrant
+    recomputation would fold the noisy batch into the running statistics, a non-reentrant
+    one fails with torch's ``CheckpointError`` (the recomputed BatchNorm saves different
+    tensors). Reentrant segments run their forward under ``no_grad``; non-reentrant ones
+    under torch's checkpoint saved-tensor hooks.
+    """
+
+    def hook(module: nn.Module, args: Any) -> None:
+        reentrant = grad_at_start and not torch.is_grad_enabled()
+        if reentrant or _inside_non_reentrant_checkpoint():
+            raise RXFError(
+                f"{type(module).__name__} in training mode runs inside an activation-"
+                f"checkpointed segment of the noisy pass: its recomputation in the backward "
+                f"would update the running statistics with the noisy batch (reentrant) or fail "
+                f"(non-reentrant). Freeze the BatchNorm layers (module.eval() on them: "
+                f"running statistics, no update), or turn gradient checkpointing off (timm: "
+                f"model.set_grad_checkpointing(False))."
+            )
+
+    return hook
+
+
+def _inside_non_reentrant_checkpoint() -> bool:
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    hooks = top(False) if callable(top) else None
+    pack = hooks[0] if hooks else None
+    return "checkpoint" in getattr(pack, "__qualname__", "")
