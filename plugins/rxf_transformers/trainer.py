@@ -1,24 +1,26 @@
 """RXFTrainer: ``transformers.Trainer`` for a wrapped model, with label smoothing that keeps R3F.
 
-The plain ``Trainer`` already trains a wrapped model (the term is inside ``output.loss``).
-Five things need a subclass:
+The plain ``Trainer`` already trains a wrapped model (the term is inside ``output.loss``),
+evaluates it (the wrapper's class shows the inner forward signature, so the label names and
+``eval_loss`` are found) and checkpoints it (the wrapper's state dict holds the inner keys,
+tied weights once). Four things need a subclass:
 
 * ``label_smoothing_factor``: the plain Trainer pops ``labels`` before the forward, so the
   model computes no loss, the term is never added, and the token mask cannot see the labels.
   RXFTrainer keeps the labels in the forward and returns the smoothed loss + the term.
-* ``label_names``: the Trainer reads them from the model's *class* signature, which for the
-  wrapper is ``(*args, **kwargs)``; RXFTrainer reads them from the inner model's class, so
-  evaluation reports ``eval_loss``.
 * gradient accumulation with causal LMs: their loss is a token sum over
   ``num_items_in_batch`` (the whole accumulated batch), which the Trainer then does not
   divide; RXFTrainer weighs the term by the micro-batch's token share the same way, so
   ``r3f_lambda`` means the same at any ``gradient_accumulation_steps``.
 * saving: the Trainer writes a model that is not a ``PreTrainedModel`` as a bare
-  safetensors file (no ``config.json``; an error on tied weights such as GPT-2's
-  ``lm_head``). RXFTrainer saves the inner model with ``save_pretrained``; a final
-  ``save_model()`` bakes R4F's normalized weight in, so ``from_pretrained`` reads it
+  safetensors file (no ``config.json``). RXFTrainer saves the inner model with
+  ``save_pretrained``; a final ``save_model()`` bakes R4F's normalized weight in (also on
+  copies of the head, e.g. PEFT's ``modules_to_save``), so ``from_pretrained`` reads it
   (checkpoints keep the parametrization, so training resumes exactly).
 * RXFCallback runs first among the callbacks, so loggers (TensorBoard, ...) see its numbers.
+
+Its ``compute_loss`` is ``Trainer``'s own, also in subclasses whose parent replaces it
+(:class:`rxf_transformers.sft.RXFSFTTrainer`: TRL's fused LM head bypasses the wrapper).
 """
 
 from __future__ import annotations

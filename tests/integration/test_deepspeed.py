@@ -22,6 +22,7 @@ import torch.distributed as dist
 import rxf
 from tests.integration import ddp_worker
 from tests.integration.conftest import tiny_bert
+from tests.integration.recipes import run_recipe
 from tests.integration.test_ddp import WORLD, _free_port, _PerRankNoise
 
 deepspeed = pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (rxf[stacks])")
@@ -71,6 +72,11 @@ def worker(rank: int, world: int, port: int, out_dir: str) -> None:
                 engine.step()
             assert wrapped.last_stats["noise_to_signal"] > 0
             engine.save_checkpoint(str(Path(out_dir) / f"zero{stage}"), tag="last")
+        batch = ddp_worker._local(ddp_worker.global_batches()[0], rank, world)
+        recipe_dir = Path(out_dir) / "recipe"
+        ns = run_recipe("deepspeed", model=tiny_bert(), batch=batch, output_dir=str(recipe_dir))
+        if rank == 0:
+            (recipe_dir / "noise.txt").write_text(str(ns["wrapped"].last_stats["noise_to_signal"]))
     finally:
         dist.destroy_process_group()
 
@@ -119,3 +125,11 @@ def test_zero_matches_single_process_and_reloads_into_the_wrapper(
     trained = fresh.module.state_dict()
     assert max((trained[k] - start[k]).abs().max().item() for k in start) > 1e-2
     assert max((trained[k] - reference[k]).abs().max().item() for k in reference) < 1e-5
+
+
+def test_docs_recipe_runs_on_two_processes(zero_results: Path) -> None:
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    assert float((zero_results / "recipe" / "noise.txt").read_text()) > 0
+    state = get_fp32_state_dict_from_zero_checkpoint(str(zero_results / "recipe" / "ckpt"))
+    tiny_bert().load_state_dict(state, strict=True)  # the inner model's keys

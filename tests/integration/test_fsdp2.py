@@ -20,6 +20,7 @@ import torch.distributed as dist
 import rxf
 from tests.integration import ddp_worker
 from tests.integration.conftest import tiny_bert
+from tests.integration.recipes import run_recipe
 from tests.integration.test_ddp import WORLD, _free_port, _max_diff, _PerRankNoise
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed missing")
@@ -72,6 +73,11 @@ def worker(rank: int, world: int, port: int, out_dir: str) -> None:
         mesh = init_device_mesh("cpu", (world,))
         for name in SCENARIOS:
             _scenario(name, rank, mesh, Path(out_dir))
+        batch = ddp_worker._local(ddp_worker.global_batches()[0], rank, world)
+        ns = run_recipe("fsdp2", model=tiny_bert(), batch=batch, seed=ddp_worker.SEED)
+        if rank == 0:
+            level = ns["model"].last_stats["noise_to_signal"]
+            (Path(out_dir) / "recipe.txt").write_text(f"{level} {ns['loss'].item()}")
     finally:
         dist.destroy_process_group()
 
@@ -112,3 +118,8 @@ def test_fsdp2_matches_single_process_global_batch(fsdp_results: Path, scenario:
     moved = max((sharded[k] - start[k]).abs().max().item() for k in start if k in sharded)
     assert moved > 1e-2  # training moved the weights
     assert _max_diff(sharded, reference) < 1e-5
+
+
+def test_docs_recipe_runs_on_two_processes(fsdp_results: Path) -> None:
+    level, loss = map(float, (fsdp_results / "recipe.txt").read_text().split())
+    assert level > 0 and loss == loss  # the noise arrived; a finite loss

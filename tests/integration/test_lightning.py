@@ -80,3 +80,11 @@ def test_lightning_loss_includes_the_term_and_the_checkpoint_round_trips(
     assert torch.equal(expected, got)
     assert not torch.allclose(expected, untrained)  # training moved the weights
     assert restored.model.rxf_config == module.model.rxf_config
+
+
+def test_docs_recipe(tmp_path) -> None:
+    from tests.integration.recipes import run_recipe
+
+    ns = run_recipe("lightning", model=tiny_bert(), train_loader=_loader(), output_dir=tmp_path)
+    assert ns["module"].model.last_stats["mode"] == "two_pass"
+    assert (tmp_path / "last.ckpt").exists()

@@ -120,3 +120,18 @@ def load_adapter_keys(path: Any) -> list[str]:
     from safetensors.torch import load_file
 
     return list(load_file(str(path / "adapter_model.safetensors")))
+
+
+def test_docs_recipe(tmp_path) -> None:
+    from tests.integration.recipes import run_recipe
+
+    batch = make_batch("bert", batch=4, length=7)
+    ns = run_recipe(
+        "peft",
+        model=make_model("bert"),
+        base_model=make_model("bert"),
+        batch=batch,
+        output_dir=str(tmp_path),
+    )
+    assert ns["model"].last_stats["noise_to_signal"] > 0
+    torch.testing.assert_close(logits(ns["reloaded"]), logits(ns["model"]), rtol=0, atol=1e-6)

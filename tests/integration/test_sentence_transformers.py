@@ -151,3 +151,16 @@ def test_sentence_transformer_trainer_trains_with_the_term(tmp_path) -> None:
         reloaded.encode(texts, convert_to_tensor=True),
         model.encode(texts, convert_to_tensor=True),
     )
+
+
+def test_docs_recipe(tmp_path) -> None:
+    from tests.integration.recipes import run_recipe
+
+    data = datasets.Dataset.from_dict(
+        {"anchor": [a for a, _ in PAIRS], "positive": [p for _, p in PAIRS]}
+    )
+    ns = run_recipe(
+        "sentence_transformers", model=load_minilm(), train_dataset=data, output_dir=str(tmp_path)
+    )
+    assert ns["loss"].last_stats["mode"] == "two_pass"
+    assert (tmp_path / "model").exists()

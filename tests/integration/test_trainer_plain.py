@@ -57,3 +57,19 @@ def test_plain_trainer_evaluates_checkpoints_and_resumes(tmp_path, name: str) ->
     start = make_model(name).state_dict()
     inner = rxf.unwrap(resumed).state_dict()
     assert max((inner[k] - start[k]).abs().max().item() for k in start) > 1e-3
+
+
+def test_docs_recipe(tmp_path) -> None:
+    from tests.integration.recipes import run_recipe
+
+    ns = run_recipe(
+        "trainer",
+        model=make_model("gpt2"),
+        train_dataset=rows("gpt2"),
+        eval_dataset=rows("gpt2", copies=1),
+        output_dir=str(tmp_path),
+    )
+    history = ns["trainer"].state.log_history
+    assert any("eval_loss" in e for e in history)
+    assert any("rxf_divergence" in e for e in history)
+    assert ns["trainer"].state.best_model_checkpoint is not None

@@ -124,3 +124,17 @@ def test_rxf_sft_trainer_noise_only(tmp_path) -> None:
     assert wrapped.last_stats["mode"] == "noise_only"
     logs = [e for e in trainer.state.log_history if "loss" in e]
     assert logs[0]["rxf_noise_to_signal"] > 0
+
+
+def test_docs_recipe(tmp_path) -> None:
+    from tests.integration.recipes import run_recipe
+
+    ns = run_recipe(
+        "trl",
+        model=llama(),
+        train_dataset=prompt_completion(),
+        tokenizer=tokenizer(),
+        output_dir=str(tmp_path),
+    )
+    logs = [e for e in ns["trainer"].state.log_history if "loss" in e]
+    assert logs and logs[-1]["rxf_noise_to_signal"] > 0
