@@ -14,6 +14,7 @@ name), so hooks can grow new arguments without breaking existing plugins. Mark t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -151,6 +152,18 @@ def rxf_prepare_concat_inputs(model: nn.Module, inputs: ForwardInputs) -> Forwar
     Args:
         model: the inner model.
         inputs: the forward's positional and keyword arguments.
+    """
+
+
+@hookspec
+def rxf_register_wrapper_methods() -> dict[str, Callable[..., Any]]:
+    """Return methods the wrapper offers by name, ahead of the inner model's attributes.
+
+    Called once per process (merged like :func:`rxf_register_noise_types`). A method is
+    called as ``method(wrapper, *args, **kwargs)`` when code reads that attribute of an
+    :class:`rxf.RXFModel`; names the wrapper itself defines win. The transformers adapter
+    registers ``save_pretrained``, which saves the inner model with R4F's normalized weights
+    baked in.
     """
 
 

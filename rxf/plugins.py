@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 DISABLE_ENV = "RXF_DISABLE_PLUGINS"
 _manager: pluggy.PluginManager | None = None
+_methods: tuple[pluggy.PluginManager, dict[str, Callable[..., Any]]] | None = None
 
 
 def plugin_manager() -> pluggy.PluginManager:
@@ -195,6 +196,14 @@ def check_registered_names(config: Any) -> None:
     registered("noise type", config.noise_type, "noise_type")
     for field in ("divergence", "regression_divergence"):
         registered("divergence", getattr(config, field), field)
+
+
+def wrapper_methods() -> dict[str, Callable[..., Any]]:
+    """Every method plugins add to the wrapper, by name (cached with the manager)."""
+    global _methods
+    if _methods is None or _methods[0] is not plugin_manager():
+        _methods = (plugin_manager(), _merged_registry("rxf_register_wrapper_methods", "method"))
+    return _methods[1]
 
 
 def noise_types() -> dict[str, NoiseSampler]:

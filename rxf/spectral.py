@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, Literal, cast
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
@@ -28,8 +30,8 @@ def apply_spectral_norm(
 ) -> list[nn.Linear]:
     """Put ``torch.nn.utils.parametrizations.spectral_norm`` on the head's Linear layers.
 
-    Returns the layers now parametrized. Layers that already carry a weight
-    parametrization are left as they are.
+    Returns the layers now parametrized, tagged as rxf's (:func:`mark_r4f`). Layers that
+    already carry a weight parametrization are left as they are.
 
     Example:
         >>> head = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
@@ -43,6 +45,7 @@ def apply_spectral_norm(
             spectral_norm(linear)
             _start_at_top_singular_pair(linear)
             done.append(linear)
+    mark_r4f(done)
     return done
 
 
@@ -80,48 +83,98 @@ def _start_at_top_singular_pair(linear: nn.Linear) -> None:
         normalizer._v.copy_(vh[0])
 
 
-def remove_spectral_norm(linears: list[nn.Linear]) -> None:
-    """Bake the normalized weight W/σ into plain ``weight`` parameters and drop the parametrization.
+def baked_state_dict(model: nn.Module, state_dict: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``model``'s state dict with every R4F layer (copies made since ``wrap`` included)
+    stored as a plain ``weight``: ``W / σ``, the weight the layer uses in eval mode.
 
-    The baked weight is the one the model uses in eval mode, so outputs do not change.
-    """
-    for linear in linears:
-        if parametrize.is_parametrized(linear, "weight"):
-            # eval mode: bake the weight the model uses at inference, with no extra power step
-            training = linear.training
-            linear.eval()
-            parametrize.remove_parametrizations(linear, "weight", leave_parametrized=True)
-            linear.train(training)
-
-
-def baked_state_dict(
-    model: nn.Module, linears: list[nn.Linear], state_dict: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """``model``'s state dict with each spectral-normalized Linear stored as a plain ``weight``.
-
-    The baked weight is the one the layer uses in eval mode, ``W / σ`` (the same as
-    :func:`rxf.unwrap` bakes); the parametrization's ``original``, ``_u`` and ``_v`` entries
-    are dropped, so ``from_pretrained`` reads the file like any checkpoint. The model itself
-    is not changed.
+    The parametrization's ``original``, ``_u`` and ``_v`` entries are dropped, so a
+    framework's ``from_pretrained`` reads the file like any checkpoint. The model itself is
+    not changed. With ``state_dict`` given (e.g. gathered by a distributed engine), that
+    dict is rewritten instead of reading the model's.
 
     Example:
-        >>> from torch.nn.utils.parametrizations import spectral_norm
         >>> net = nn.Sequential(nn.Linear(3, 2))
-        >>> _ = spectral_norm(net[0])
-        >>> sorted(baked_state_dict(net, [net[0]]))
+        >>> _ = apply_spectral_norm(net)
+        >>> sorted(baked_state_dict(net))
         ['0.bias', '0.weight']
     """
-    state = dict(model.state_dict() if state_dict is None else state_dict)
+    linears = r4f_linears(model)
+    if state_dict is None:
+        with baked_state_dicts(linears):
+            return dict(model.state_dict())
+    state = dict(state_dict)
+    paths = {id(m): name for name, m in model.named_modules(remove_duplicate=False)}
     for linear in linears:
-        from rxf.discovery import module_path
+        prefix = f"{paths[id(linear)]}." if paths[id(linear)] else ""
+        _bake_weight(linear, state, prefix, None)
+    return state
 
-        path = module_path(model, linear)
-        prefix = f"{path}.parametrizations.weight."
-        for key in [k for k in state if k.startswith(prefix)]:
-            del state[key]
+
+_R4F_MARK = "rxf_r4f"
+
+
+def mark_r4f(linears: list[nn.Linear]) -> None:
+    """Tag rxf's spectral-norm parametrizations; copies of the layer (PEFT's
+    ``modules_to_save``, ``copy.deepcopy``) carry the tag along."""
+    for linear in linears:
+        setattr(parametrize_list(linear)[0], _R4F_MARK, True)
+
+
+def parametrize_list(linear: nn.Module) -> Any:
+    """The parametrization list of ``linear``'s ``weight``."""
+    return linear.parametrizations.weight  # type: ignore[union-attr]
+
+
+def r4f_linears(model: nn.Module) -> list[nn.Linear]:
+    """The Linear layers under ``model`` that carry rxf's R4F normalization, copies included."""
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.Linear)
+        and parametrize.is_parametrized(m, "weight")
+        and any(getattr(p, _R4F_MARK, False) for p in parametrize_list(m))
+    ]
+
+
+def bake_r4f(linears: list[nn.Linear]) -> None:
+    """Replace R4F's parametrization by a plain ``weight`` holding ``W / σ`` (eval mode).
+
+    Unlike ``remove_parametrizations`` this leaves deep copies of a layer intact: a copy
+    shares its parametrized class, from which torch deletes the ``weight`` property.
+    """
+    baked = []
+    for linear in linears:
         training = linear.training
         linear.eval()
         with torch.no_grad():
-            state[f"{path}.weight"] = linear.weight.detach().clone()
+            weight = linear.weight.detach().clone()
         linear.train(training)
-    return state
+        baked.append((linear, weight, parametrize_list(linear).original.requires_grad))
+    for linear, weight, requires_grad in baked:
+        plain = next(c for c in type(linear).__mro__ if not c.__name__.startswith("Parametrized"))
+        del linear._modules["parametrizations"]
+        linear.__class__ = plain
+        linear.weight = nn.Parameter(weight, requires_grad=requires_grad)
+
+
+@contextlib.contextmanager
+def baked_state_dicts(linears: list[nn.Linear]) -> Iterator[None]:
+    """While open, the state dict of every module holding one of ``linears`` stores that
+    layer as a plain ``weight`` (``W / σ``, as :func:`unwrap` bakes) instead of the
+    parametrization's ``original`` / ``_u`` / ``_v``; the layers themselves do not change."""
+    handles = [linear._register_state_dict_hook(_bake_weight) for linear in linears]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _bake_weight(linear: nn.Module, state: dict[str, Any], prefix: str, metadata: Any) -> None:
+    for key in [k for k in state if k.startswith(prefix + "parametrizations.weight.")]:
+        del state[key]
+    training = linear.training
+    linear.eval()  # the weight the layer uses at inference: no extra power step
+    with torch.no_grad():
+        state[prefix + "weight"] = cast(Tensor, linear.weight).detach().clone()
+    linear.train(training)

@@ -4,30 +4,31 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import inspect
-import math
 import types
 import warnings
 import weakref
-from collections.abc import Iterator, Mapping, MutableMapping
-from typing import Any, cast
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
 from rxf import concat, plugins
 from rxf.batchnorm import frozen_batchnorm_stats
+from rxf.checkpointing import check_ddp_reentrant
 from rxf.config import RXFConfig
 from rxf.discovery import Targets, discover
 from rxf.divergence import reduce_positions
 from rxf.errors import RXFError, RXFPrecisionWarning, RXFUnusedTermWarning
 from rxf.inputs import ForwardInputs
 from rxf.noise import declared_extras, lengths_from_starts
+from rxf.outputs import check_distinct, loss_of, own_copies, with_term
 from rxf.perturbation import PerturbationRecord, perturb, probe_other_hooks, watch_other_hooks
+from rxf.precision import precision_warning
 from rxf.rng import RNGState, replayed_stream
-from rxf.spectral import apply_spectral_norm
+from rxf.spectral import apply_spectral_norm, bake_r4f, r4f_linears
+from rxf.state import complete_keys, drop_tied_aliases
 
 _INNER = "module"
 
@@ -71,13 +72,13 @@ class RXFModel(nn.Module):
         self._warned_unused = False
         self._checked_dtype: torch.dtype | None = None
         self._batch_norms: list[tuple[str, nn.Module]] | None = None
-        self._reentrant_checked: int | None = None
+        self._checked: dict[str, int] = {}
         self._term: Tensor = torch.zeros(())
         self._term_consumed = True
         self._stats: dict[str, Any] = {"mode": "none"}
-        # each tied parameter is stored once, under its first name (as save_pretrained does)
-        self._register_state_dict_hook(_drop_tied_aliases)
-        self._register_load_state_dict_pre_hook(_complete_keys, with_module=True)
+        # each tied parameter is stored once, under its first name (see rxf.state)
+        self._register_state_dict_hook(drop_tied_aliases)
+        self._register_load_state_dict_pre_hook(complete_keys, with_module=True)
         self._bind_forward()
 
     def _bind_forward(self) -> None:
@@ -128,9 +129,9 @@ class RXFModel(nn.Module):
             raise RXFError(
                 "a model with R4F (spectral_norm_head=True) cannot be pickled whole (torch.save "
                 "of the model object): torch serializes parametrized modules only through "
-                "state_dict(). Save torch.save(model.state_dict(), path), "
-                "model.save_pretrained(path), or the plain model rxf.unwrap(model) (R4F baked "
-                "in)."
+                "state_dict(). Save torch.save(model.state_dict(), path), the framework's own "
+                "save method called on the wrapper (R4F baked in), or the plain model "
+                "rxf.unwrap(model) (R4F baked in)."
             )
         return self._portable_state()
 
@@ -159,6 +160,9 @@ class RXFModel(nn.Module):
             inner = self.__dict__.get(_INNER)
             if inner is None or name == _INNER:
                 raise
+            method = plugins.wrapper_methods().get(name)
+            if method is not None:  # a method a plugin adds to the wrapper
+                return types.MethodType(method, self)
             return getattr(inner, name)
 
     def train(self, mode: bool = True) -> RXFModel:
@@ -179,18 +183,18 @@ class RXFModel(nn.Module):
         else:
             start = RNGState.capture(self._device()) if cfg.share_dropout_masks else None
             with self._watched():
-                output = self.module(*_own_copies(args), **_own_copies(kwargs))
-            self._check_ddp_reentrant(output)
+                output = self.module(*own_copies(args), **own_copies(kwargs))
+            check_ddp_reentrant(self._logits(output), self._checked)
             with (
                 self._perturbed(inputs, cfg.detach_noisy_embedding, start) as record,
                 frozen_batchnorm_stats(self.module),
             ):
-                noisy_output = self.module(*_own_copies(args), **_own_copies(kwargs))
-            _check_distinct(output, noisy_output, type(self.module).__name__)
+                noisy_output = self.module(*own_copies(args), **own_copies(kwargs))
+            check_distinct(output, noisy_output, type(self.module).__name__)
             clean_logits, noisy_logits = self._logits(output), self._logits(noisy_output)
         divergence, name, positions = self._divergence(inputs, output, clean_logits, noisy_logits)
         term = cfg.r3f_lambda * divergence
-        output, added = _with_term(output, term)
+        output, added = with_term(output, term)
         self._set_term(term, consumed=added)
         self._record(
             cfg.mode,
@@ -209,22 +213,6 @@ class RXFModel(nn.Module):
 
     def _watched(self) -> Any:
         return watch_other_hooks(self.rxf_targets.embedding, self.rxf_targets.embedding_name)
-
-    def _check_ddp_reentrant(self, output: Any) -> None:
-        """Refuse two passes with reentrant checkpointing inside a non-static DDP forward:
-        every checkpointed parameter would be marked ready twice in one backward."""
-        ddp = getattr(nn.parallel.DistributedDataParallel, "_active_ddp_module", None)
-        if ddp is None or getattr(ddp, "static_graph", False) or self._reentrant_checked == id(ddp):
-            return
-        self._reentrant_checked = id(ddp)
-        if _has_reentrant_checkpoint(self._logits(output)):
-            raise RXFError(
-                "two-pass R3F under DistributedDataParallel with reentrant gradient "
-                "checkpointing (use_reentrant=True): both passes re-run the checkpointed layers "
-                "in one backward, so DDP would mark their parameters ready twice ('Expected to "
-                "mark a variable ready only once'). Use RXFConfig(mode='concat') (one forward), "
-                "DDP(..., static_graph=True), or use_reentrant=False."
-            )
 
     def _concat_pass(self, inputs: ForwardInputs) -> tuple[Any, Tensor, Tensor, PerturbationRecord]:
         """One forward over ``cat([x, x])``, noise on the second half; see :mod:`rxf.concat`."""
@@ -254,32 +242,13 @@ class RXFModel(nn.Module):
                 f"concat mode: the logits have shape {tuple(logits.shape)}, expected the doubled "
                 f"batch {2 * batch} first. Use RXFConfig(mode='two_pass')."
             )
-        if (
-            not isinstance(inputs.kwargs.get(concat.LABELS), Tensor)
-            and _loss_of(output) is not None
-        ):
+        if not isinstance(inputs.kwargs.get(concat.LABELS), Tensor) and loss_of(output) is not None:
             raise RXFError(
                 "concat mode: the model returned a loss but got no `labels=` keyword, so rxf "
                 "cannot keep the noisy half out of it. Pass the targets as labels=..., or use "
                 "RXFConfig(mode='two_pass')."
             )
         return concat.clean_half(output, batch), logits[:batch], logits[batch:], record
-
-    def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
-        """The inner model's ``save_pretrained`` with R4F's normalized weights baked in.
-
-        The files hold plain ``weight`` keys (``W / σ``, as :func:`unwrap` bakes), so the
-        framework's own ``from_pretrained`` reads them; the wrapped model is not changed.
-        """
-        save = getattr(self.module, "save_pretrained", None)
-        if not callable(save):
-            raise AttributeError(f"{type(self.module).__name__} has no save_pretrained")
-        if kwargs.get("state_dict") is not None:
-            return save(save_directory, *args, **kwargs)
-        # baked while the state dicts are read, however the framework reads them (PEFT
-        # collects an adapter's modules_to_save from their own state dicts)
-        with baked_state_dicts(r4f_linears(self.module)):
-            return save(save_directory, *args, **kwargs)
 
     @property
     def last_stats(self) -> dict[str, Any]:
@@ -392,7 +361,7 @@ class RXFModel(nn.Module):
 
     def _check_precision(self, record: PerturbationRecord) -> None:
         """Warn once when ``eps`` is below the spacing of the embedding dtype at the
-        embedding's RMS (the noise is then mostly rounded away by the cast back).
+        embedding's RMS (:func:`rxf.precision.precision_warning`).
 
         Checked when the embedding dtype changes (first forward, ``model.half()``, ...), not
         every step: reading the RMS is a host sync.
@@ -401,40 +370,13 @@ class RXFModel(nn.Module):
         if record.dtype == self._checked_dtype or self._warned_precision or eps == 0:
             return
         self._checked_dtype = record.dtype
-        if (
-            record.dtype is None
-            or not record.dtype.is_floating_point
-            or torch.finfo(record.dtype).bits >= 32
-            or record.signal_rms is None
-        ):
+        if record.dtype is None or record.signal_rms is None:
             return
-        rms = float(record.signal_rms)
-        spacing = resolution_at(rms, record.dtype)
-        if eps < spacing:
+        survived = float(record.noise_rms) if record.noise_rms is not None else float("nan")
+        message = precision_warning(eps, record.dtype, float(record.signal_rms), survived)
+        if message:
             self._warned_precision = True
-            survived = float(record.noise_rms) if record.noise_rms is not None else float("nan")
-            warnings.warn(
-                f"eps={eps:g} is below the resolution of {record.dtype} at the embedding's RMS "
-                f"({rms:.3g}: spacing {spacing:.3g}); the cast back to {record.dtype} rounds "
-                f"the noise of many elements (typically half or more) to zero and the rest to "
-                f"multiples of the spacing (noise RMS after the cast: {survived:.3g}). Raise eps "
-                f"to at least {spacing:.2g}, or keep the embedding in float32 (autocast does); "
-                f"last_stats['noise_to_signal'] shows what survives.",
-                RXFPrecisionWarning,
-                stacklevel=4,
-            )
-
-
-def resolution_at(value: float, dtype: torch.dtype) -> float:
-    """The spacing between neighbouring ``dtype`` numbers around ``|value|`` (its ulp).
-
-    Example:
-        >>> resolution_at(0.02, torch.bfloat16)  # 2**-6 · 2**-7
-        0.0001220703125
-    """
-    info = torch.finfo(dtype)
-    exponent = max(math.floor(math.log2(max(abs(value), info.tiny))), math.log2(info.tiny))
-    return float(2.0**exponent * info.eps)
+            warnings.warn(message, RXFPrecisionWarning, stacklevel=4)
 
 
 def _forward_with_signature_of(module: nn.Module) -> types.FunctionType:
@@ -489,189 +431,6 @@ def _new_wrapper(inner: type) -> RXFModel:
     return RXFModel.__new__(_wrapper_class(inner))
 
 
-_R4F_MARK = "rxf_r4f"
-
-
-def mark_r4f(linears: list[nn.Linear]) -> None:
-    """Tag rxf's spectral-norm parametrizations; copies of the layer (PEFT's
-    ``modules_to_save``, ``copy.deepcopy``) carry the tag along."""
-    for linear in linears:
-        setattr(parametrize_list(linear)[0], _R4F_MARK, True)
-
-
-def parametrize_list(linear: nn.Module) -> Any:
-    return linear.parametrizations.weight  # type: ignore[union-attr]
-
-
-def r4f_linears(model: nn.Module) -> list[nn.Linear]:
-    """The Linear layers under ``model`` that carry rxf's R4F normalization, copies included."""
-    return [
-        m
-        for m in model.modules()
-        if isinstance(m, nn.Linear)
-        and parametrize.is_parametrized(m, "weight")
-        and any(getattr(p, _R4F_MARK, False) for p in parametrize_list(m))
-    ]
-
-
-def bake_r4f(linears: list[nn.Linear]) -> None:
-    """Replace R4F's parametrization by a plain ``weight`` holding ``W / σ`` (eval mode).
-
-    Unlike ``remove_parametrizations`` this leaves deep copies of a layer intact: a copy
-    shares its parametrized class, from which torch deletes the ``weight`` property.
-    """
-    baked = []
-    for linear in linears:
-        training = linear.training
-        linear.eval()
-        with torch.no_grad():
-            weight = linear.weight.detach().clone()
-        linear.train(training)
-        baked.append((linear, weight, parametrize_list(linear).original.requires_grad))
-    for linear, weight, requires_grad in baked:
-        plain = next(c for c in type(linear).__mro__ if not c.__name__.startswith("Parametrized"))
-        del linear._modules["parametrizations"]
-        linear.__class__ = plain
-        linear.weight = nn.Parameter(weight, requires_grad=requires_grad)
-
-
-@contextlib.contextmanager
-def baked_state_dicts(linears: list[nn.Linear]) -> Iterator[None]:
-    """While open, the state dict of every module holding one of ``linears`` stores that
-    layer as a plain ``weight`` (``W / σ``, as :func:`unwrap` bakes) instead of the
-    parametrization's ``original`` / ``_u`` / ``_v``; the layers themselves do not change."""
-    handles = [linear._register_state_dict_hook(_bake_weight) for linear in linears]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def _bake_weight(linear: nn.Module, state: dict[str, Any], prefix: str, metadata: Any) -> None:
-    for key in [k for k in state if k.startswith(prefix + "parametrizations.weight.")]:
-        del state[key]
-    training = linear.training
-    linear.eval()  # the weight the layer uses at inference: no extra power step
-    with torch.no_grad():
-        state[prefix + "weight"] = cast(Tensor, linear.weight).detach().clone()
-    linear.train(training)
-
-
-def _loss_of(output: Any) -> Tensor | None:
-    """The loss a forward returned: ``.loss`` / ``["loss"]``, or the first element of a
-    plain tuple or list when it is a 0-dim floating-point tensor (``return_dict=False``)."""
-    if isinstance(output, Mapping):
-        loss = output.get("loss")
-    elif isinstance(output, (tuple, list)) and not hasattr(output, "_fields"):
-        loss = output[0] if output else None
-        if not (isinstance(loss, Tensor) and loss.dim() == 0 and loss.is_floating_point()):
-            loss = None
-    else:
-        loss = getattr(output, "loss", None)
-    return loss if isinstance(loss, Tensor) else None
-
-
-def _with_term(output: Any, term: Tensor) -> tuple[Any, bool]:
-    """``output`` with ``term`` added to the loss it holds, and whether it held one.
-
-    Mappings (incl. ``ModelOutput``) and objects with a settable ``loss`` are updated in
-    place; frozen dataclasses, named tuples, tuples and lists are rebuilt.
-
-    Raises:
-        RXFError: the output holds a loss in a container rxf cannot update.
-    """
-    loss = _loss_of(output)
-    if loss is None:
-        return output, False
-    total = loss + term
-    if isinstance(output, MutableMapping):
-        output["loss"] = total
-    elif isinstance(output, tuple) and hasattr(output, "_replace"):
-        output = output._replace(loss=total)
-    elif isinstance(output, (tuple, list)):
-        output = type(output)([total, *output[1:]])
-    elif dataclasses.is_dataclass(output) and _frozen(output):
-        output = dataclasses.replace(output, loss=total)  # type: ignore[type-var]
-    else:
-        try:
-            output.loss = total
-        except AttributeError as exc:
-            raise RXFError(
-                f"rxf cannot add the consistency term to the loss of a "
-                f"{type(output).__name__}: its 'loss' cannot be set ({exc}). Return a dict, "
-                f"a dataclass or a tuple, or compute the loss outside the model and add "
-                f"model.consistency_loss to it."
-            ) from exc
-    return output, True
-
-
-def _frozen(instance: Any) -> bool:
-    params = getattr(type(instance), "__dataclass_params__", None)
-    return bool(getattr(params, "frozen", False))
-
-
-def _own_copies(values: Any) -> Any:
-    """Shallow copies of mapping arguments, so each pass has its own (a forward that writes
-    its outputs into its input mapping and returns it cannot overwrite the other pass's)."""
-    if isinstance(values, dict) and type(values) is dict:
-        return {k: copy.copy(v) if isinstance(v, MutableMapping) else v for k, v in values.items()}
-    return tuple(copy.copy(v) if isinstance(v, MutableMapping) else v for v in values)
-
-
-def _check_distinct(clean: Any, noisy: Any, model: str) -> None:
-    if clean is noisy:
-        raise RXFError(
-            f"{model} returned the same object from the clean and the noisy pass, so the noisy "
-            f"pass overwrote the clean output and the consistency term would be 0. Return a "
-            f"new output object from forward (not one of its arguments, mutated)."
-        )
-
-
-def _has_reentrant_checkpoint(logits: Tensor) -> bool:
-    """Whether ``logits``' graph holds a reentrant ``torch.utils.checkpoint`` segment."""
-    seen: set[int] = set()
-    stack = [logits.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        if type(node).__name__ == "CheckpointFunctionBackward":
-            return True
-        stack.extend(next_fn for next_fn, _ in node.next_functions)
-    return False
-
-
-def _tied_aliases(module: nn.Module) -> dict[str, str]:
-    """Second and later names of parameters registered under several names (tied weights,
-    such as GPT-2's ``lm_head.weight``), each mapped to the parameter's first name."""
-    first: dict[int, str] = {}
-    aliases: dict[str, str] = {}
-    for name, param in module.named_parameters(remove_duplicate=False):
-        if id(param) in first:
-            aliases[name] = first[id(param)]
-        else:
-            first[id(param)] = name
-    return aliases
-
-
-def _drop_tied_aliases(
-    module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any
-) -> None:
-    # one copy of each shared tensor: safetensors refuses tensors that share memory (the
-    # HF Trainer saves a non-PreTrainedModel that way); loading restores the alias
-    for alias in _tied_aliases(module):
-        state_dict.pop(prefix + alias, None)
-
-
-def _complete_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-    """Restores the tied aliases :func:`_drop_tied_aliases` left out."""
-    for alias, source in _tied_aliases(module).items():
-        if prefix + alias not in state_dict and prefix + source in state_dict:
-            state_dict[prefix + alias] = state_dict[prefix + source]
-
-
 def wrap(
     model: nn.Module, config: RXFConfig | Mapping[str, Any] | None = None, **overrides: Any
 ) -> RXFModel:
@@ -710,7 +469,6 @@ def wrap(
     probe_other_hooks(targets.embedding, targets.embedding_name)
     if targets.head is not None:
         targets.spectral_linears = apply_spectral_norm(targets.head, cfg.spectral_norm_scope)
-        mark_r4f(targets.spectral_linears)
     return _wrapper_class(type(model))(model, cfg, targets)
 
 

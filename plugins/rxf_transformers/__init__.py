@@ -37,6 +37,7 @@ from rxf_transformers.hooks import (
     rxf_find_embedding,
     rxf_find_head,
     rxf_prepare_concat_inputs,
+    rxf_register_wrapper_methods,
     rxf_sequence_starts,
     rxf_token_mask,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "rxf_find_embedding",
     "rxf_find_head",
     "rxf_prepare_concat_inputs",
+    "rxf_register_wrapper_methods",
     "rxf_sequence_starts",
     "rxf_token_mask",
 ]

@@ -6,13 +6,14 @@ for anything else, so other plugins and the built-in defaults are asked next.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from torch import Tensor, nn
 
 from rxf.hookspecs import hookimpl
 from rxf.inputs import ForwardInputs
-from rxf_transformers import families, masks
+from rxf_transformers import families, masks, saving
 
 
 @hookimpl
@@ -84,3 +85,9 @@ def rxf_token_mask(model: nn.Module, inputs: ForwardInputs, output: Any) -> Tens
     if logits is None or logits.dim() != 3:
         return None
     return masks.token_mask(model, inputs, logits)
+
+
+@hookimpl
+def rxf_register_wrapper_methods() -> dict[str, Callable[..., Any]]:
+    """``save_pretrained`` on the wrapper: the inner model's, with R4F baked in."""
+    return {"save_pretrained": saving.save_pretrained}

@@ -28,8 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 from rxf.errors import RXFError
-from rxf.spectral import baked_state_dict
-from rxf.wrapper import r4f_linears
+from rxf.spectral import baked_state_dict, r4f_linears
 from rxf_transformers.callback import callback_class, find_rxf_model
 from rxf_transformers.families import shifts_labels
 
@@ -126,7 +125,7 @@ def _build() -> type:
             inner = self.rxf_model.module
             linears = r4f_linears(inner)  # with copies made since wrap() (PEFT)
             if getattr(self, "_rxf_final_save", False) and linears:
-                state_dict = baked_state_dict(inner, linears, state_dict)
+                state_dict = baked_state_dict(inner, state_dict)
             # the Trainer saves a PreTrainedModel with save_pretrained (config, tied weights);
             # anything else as a bare safetensors file, which fails on tied weights
             wrapper, self.model = self.model, inner
