@@ -173,7 +173,7 @@ def registered(kind: str, name: str, field: str) -> Callable[..., Any]:
         'kl_per_position'
     """
     registry: dict[str, Callable[..., Any]] = (
-        noise_types() if kind == "noise type" else divergences()  # type: ignore[assignment]
+        noise_types() if kind == "noise type" else divergences()
     )
     if name in registry:
         return registry[name]
