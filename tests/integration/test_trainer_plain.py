@@ -73,3 +73,30 @@ def test_docs_recipe(tmp_path) -> None:
     assert any("eval_loss" in e for e in history)
     assert any("rxf_divergence" in e for e in history)
     assert ns["trainer"].state.best_model_checkpoint is not None
+
+
+def test_callback_stops_when_the_first_step_bypassed_rxf(tmp_path) -> None:
+    from rxf_transformers import RXFCallback
+
+    class Bypassing(transformers.Trainer):  # calls the inner model: no noise, no term
+        def compute_loss(self, model: Any, inputs: Any, **kwargs: Any) -> Any:
+            return model.module(**inputs).loss
+
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        max_steps=2,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+    )
+    trainer = Bypassing(
+        model=rxf.wrap(make_model("bert"), eps=0.5),
+        args=args,
+        train_dataset=rows("bert"),
+        callbacks=[RXFCallback()],
+    )
+    with pytest.raises(rxf.RXFError, match="no training forward of the first step"):
+        trainer.train()
+    assert trainer.state.global_step == 1
