@@ -46,7 +46,7 @@ def _build() -> type:
 
     rxf_trainer: Any = trainer_class()
 
-    class RXFSFTTrainer(rxf_trainer, SFTTrainer):  # type: ignore[misc,valid-type]
+    class RXFSFTTrainer(rxf_trainer, SFTTrainer):
         """``trl.SFTTrainer`` for a model wrapped by :func:`rxf.wrap`; same arguments."""
 
         rxf_owns_forward = True  # RXFCallback: the fused forward is never used for the loss
