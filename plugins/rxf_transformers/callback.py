@@ -20,11 +20,15 @@ _cache: dict[str, type] = {}
 
 
 def find_rxf_model(model: Any) -> RXFModel | None:
-    """The :class:`rxf.RXFModel` in ``model`` or under its ``.module`` chain (DDP, accelerate)."""
+    """The :class:`rxf.RXFModel` in ``model``: under its ``.module`` chain (DDP, accelerate)
+    or among its submodules (``get_peft_model(rxf.wrap(model))``)."""
+    top = model
     for _ in range(8):
         if isinstance(model, RXFModel):
             return model
         model = getattr(model, "module", None) if isinstance(model, nn.Module) else None
+    if isinstance(top, nn.Module):
+        return next((m for m in top.modules() if isinstance(m, RXFModel)), None)
     return None
 
 

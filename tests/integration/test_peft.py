@@ -135,3 +135,14 @@ def test_docs_recipe(tmp_path) -> None:
     )
     assert ns["model"].last_stats["noise_to_signal"] > 0
     torch.testing.assert_close(logits(ns["reloaded"]), logits(ns["model"]), rtol=0, atol=1e-6)
+
+
+def test_trainer_with_peft_over_the_wrapper_logs_the_term(tmp_path) -> None:
+    from rxf_transformers import RXFCallback
+
+    from tests.plugins.transformers.test_trainer import rows, train
+
+    model = get_peft(rxf.wrap(make_model("bert"), eps=0.5))
+    trainer = train(model, rows("bert"), tmp_path, callbacks=[RXFCallback()])
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert logs[0]["rxf_consistency_loss"] > 0 and logs[0]["rxf_noise_to_signal"] > 0
