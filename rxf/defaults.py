@@ -72,10 +72,9 @@ def rxf_extract_logits(model: nn.Module, output: Any) -> Tensor | None:
 
 
 @hookimpl(trylast=True)
-def rxf_token_mask(model: nn.Module, inputs: ForwardInputs, output: Any) -> Tensor | None:
+def rxf_token_mask(inputs: ForwardInputs, logits: Tensor) -> Tensor | None:
     """Positions whose ``labels`` are not -100, else the ``attention_mask`` when it fits."""
-    logits = rxf_extract_logits(model, output)
-    if logits is None or logits.dim() != 3:
+    if logits.dim() != 3:
         return None
     positions = tuple(logits.shape[:2])
     labels = inputs.get("labels")

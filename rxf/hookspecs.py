@@ -76,7 +76,9 @@ def rxf_extract_logits(model: nn.Module, output: Any) -> Tensor | None:
 
 
 @hookspec(firstresult=True)
-def rxf_token_mask(model: nn.Module, inputs: ForwardInputs, output: Any) -> Tensor | None:
+def rxf_token_mask(
+    model: nn.Module, inputs: ForwardInputs, output: Any, logits: Tensor
+) -> Tensor | None:
     """Return a boolean ``(batch, positions)`` mask of the logits' positions that count.
 
     Called for token-level logits (``logits.dim() == 3``) before the divergence is reduced.
@@ -88,6 +90,8 @@ def rxf_token_mask(model: nn.Module, inputs: ForwardInputs, output: Any) -> Tens
         model: the inner model.
         inputs: the forward's positional and keyword arguments.
         output: the clean pass's return value.
+        logits: the clean pass's ``(batch, positions, classes)`` logits, as
+            ``rxf_extract_logits`` found them.
     """
 
 

@@ -100,10 +100,12 @@ def extract_logits(model: nn.Module, output: Any) -> Tensor | None:
     return result
 
 
-def token_mask(model: nn.Module, inputs: ForwardInputs, output: Any) -> Tensor | None:
+def token_mask(
+    model: nn.Module, inputs: ForwardInputs, output: Any, logits: Tensor
+) -> Tensor | None:
     """Which logits positions count for a token-level divergence (``None``: all)."""
     result: Tensor | None = plugin_manager().hook.rxf_token_mask(
-        model=model, inputs=inputs, output=output
+        model=model, inputs=inputs, output=output, logits=logits
     )
     return result
 

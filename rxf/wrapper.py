@@ -332,7 +332,7 @@ class RXFModel(nn.Module):
         per_position = self._divergences[name](clean_logits, noisy_logits)
         mask = None
         if clean_logits.dim() == 3 and cfg.token_reduction == "mean":
-            mask = plugins.token_mask(self.module, inputs, clean)
+            mask = plugins.token_mask(self.module, inputs, clean, clean_logits)
         positions = per_position.numel() if mask is None else mask.sum()
         value = reduce_positions(per_position, mask, cfg.token_reduction)
         return value, name, positions

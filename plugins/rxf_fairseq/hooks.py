@@ -128,7 +128,7 @@ def _tokens_mask(tokens: Any, embedding: nn.Module | None, shape: tuple[int, ...
 
 
 @hookimpl
-def rxf_token_mask(model: nn.Module, inputs: ForwardInputs, output: Any) -> Tensor | None:
+def rxf_token_mask(model: nn.Module, inputs: ForwardInputs, logits: Tensor) -> Tensor | None:
     """Real target positions from the padding of ``prev_output_tokens`` (seq2seq), or of
     ``src_tokens`` (language models, masked LM over all positions).
 
@@ -136,10 +136,7 @@ def rxf_token_mask(model: nn.Module, inputs: ForwardInputs, output: Any) -> Tens
     non-pad positions are exactly those where ``sample["target"]`` is not padding
     (fairseq's default right-padded targets).
     """
-    if not is_fairseq_style(model) or not isinstance(output, (tuple, list)) or not output:
-        return None
-    logits = output[0]
-    if not isinstance(logits, Tensor) or logits.dim() != 3:
+    if not is_fairseq_style(model) or logits.dim() != 3:
         return None
     shape = tuple(logits.shape[:2])
     decoder_mask = _tokens_mask(

@@ -8,7 +8,8 @@ first use. It recognises ``PreTrainedModel``-like models by duck typing and answ
   embedding / stem of a vision model;
 * the head for R4F: ``classifier``, ``classification_head`` or ``score`` (R4F is refused
   with :class:`rxf.RXFError` for generation heads such as ``lm_head``);
-* the logits: ``output.logits``;
+* the logits come from rxf's defaults (``output.logits``; with ``return_dict=False`` the
+  first non-scalar floating tensor of the tuple);
 * the token mask: positions whose label is not -100, shifted by one for causal LMs;
 * the embedding calls: only the first (the encoder's) when an encoder-decoder's encoder and
   decoder call one embedding module;
@@ -33,7 +34,6 @@ from typing import Any
 
 from rxf_transformers.hooks import (
     rxf_embedding_calls,
-    rxf_extract_logits,
     rxf_find_embedding,
     rxf_find_head,
     rxf_prepare_concat_inputs,
@@ -46,7 +46,6 @@ __all__ = [
     "RXFCallback",
     "RXFTrainer",
     "rxf_embedding_calls",
-    "rxf_extract_logits",
     "rxf_find_embedding",
     "rxf_find_head",
     "rxf_prepare_concat_inputs",

@@ -33,22 +33,6 @@ def rxf_find_head(model: nn.Module) -> nn.Module | None:
 
 
 @hookimpl
-def rxf_extract_logits(model: nn.Module, output: Any) -> Tensor | None:
-    """``output.logits`` of a ``ModelOutput`` (or the ``"logits"`` key of a dict); with
-    ``return_dict=False``, the tuple's first element, or its second after a 0-dim loss."""
-    if not families.is_transformers_model(model):
-        return None
-    logits = getattr(output, "logits", None)
-    if logits is None and isinstance(output, dict):
-        logits = output.get("logits")
-    if logits is None and isinstance(output, tuple) and output:  # return_dict=False
-        first = output[0]
-        with_loss = isinstance(first, Tensor) and first.dim() == 0 and len(output) > 1
-        logits = output[1] if with_loss else first
-    return logits if isinstance(logits, Tensor) else None
-
-
-@hookimpl
 def rxf_embedding_calls(model: nn.Module) -> str | None:
     """``"first"`` for an encoder-decoder whose encoder and decoder call one embedding
     module (``set_input_embeddings`` on BART/T5 ties them): only the source is perturbed."""
@@ -77,12 +61,9 @@ def rxf_prepare_concat_inputs(model: nn.Module, inputs: ForwardInputs) -> Forwar
 
 
 @hookimpl
-def rxf_token_mask(model: nn.Module, inputs: ForwardInputs, output: Any) -> Tensor | None:
+def rxf_token_mask(model: nn.Module, inputs: ForwardInputs, logits: Tensor) -> Tensor | None:
     """Labels-aware position mask: seq2seq, shifted for causal LMs, plain otherwise."""
-    if not families.is_transformers_model(model):
-        return None
-    logits = rxf_extract_logits(model, output)
-    if logits is None or logits.dim() != 3:
+    if not families.is_transformers_model(model) or logits.dim() != 3:
         return None
     return masks.token_mask(model, inputs, logits)
 

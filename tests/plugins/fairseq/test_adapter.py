@@ -153,7 +153,7 @@ def test_token_mask_follows_target_padding_and_gives_the_masked_mean() -> None:
     )
     wrapped = rxf.wrap(model, eps=0.3)
     wrapped(**inputs)
-    mask = rxf_fairseq.rxf_token_mask(model, rxf.ForwardInputs((), inputs), (logits[0], {}))
+    mask = rxf_fairseq.rxf_token_mask(model, rxf.ForwardInputs((), inputs), logits[0])
     assert torch.equal(mask, target.ne(PAD))
     log_p, log_q = logits[0].log_softmax(-1), logits[1].log_softmax(-1)
     per_token = (log_p.exp() * (log_p - log_q) + log_q.exp() * (log_q - log_p)).sum(-1)

@@ -110,7 +110,9 @@ def test_other_models_fall_through_to_the_next_plugin() -> None:
     model.add_module("embed_tokens", nn.Embedding(10, 4))
     assert hooks.rxf_find_embedding(model) is None
     assert hooks.rxf_find_head(model) is None
-    assert hooks.rxf_extract_logits(model, {"logits": torch.zeros(1)}) is None
+    assert not hasattr(hooks, "rxf_extract_logits")  # rxf's defaults read output.logits
+    ids = rxf.ForwardInputs((), {"labels": torch.zeros(1, 3, dtype=torch.long)})
+    assert hooks.rxf_token_mask(model, ids, torch.zeros(1, 3, 5)) is None
     assert rxf.explain(model).embedding_plugin == "rxf.defaults"
 
 
