@@ -231,3 +231,26 @@ def test_plot_and_json(tmp_path: Any) -> None:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads(json.dumps(d.to_dict()))
     assert data["recommended_eps"] == [0.01] and data["rows"][1]["noise_share"] == 0.2
+
+
+def test_seq2seq_runs_and_separates_the_parts() -> None:
+    """An encoder-decoder (T5, shared token table, decoder inputs from the labels)."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    model = T5ForConditionalGeneration(
+        T5Config(
+            vocab_size=32,
+            d_model=16,
+            d_kv=8,
+            d_ff=32,
+            num_layers=1,
+            num_heads=2,
+            decoder_start_token_id=0,
+            pad_token_id=0,
+        )
+    )
+    batch = {"input_ids": torch.randint(1, 32, (2, 6)), "labels": torch.randint(1, 32, (2, 4))}
+    d = rxf.diagnose(model, batch, eps_grid=[1e-1], draws=2)
+    assert d.dropout_only > 0 and 0 < d.rows[0].noise_only < d.rows[-1].noise_only
+    assert d.task_loss > 0 and d.embedding == rxf.explain(model).embedding

@@ -74,7 +74,7 @@ def test_mkdocs_hook_expands_the_markers_in_the_cli_page() -> None:
 def test_nav_lists_every_page_and_uses_the_hook() -> None:
     config = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
     assert config["theme"]["name"] == "material" and config["strict"] is True
-    assert config["hooks"] == ["docs/hooks/config_reference.py"]
+    assert "docs/hooks/config_reference.py" in config["hooks"]
 
     def pages(nav: object) -> list[str]:
         if isinstance(nav, str):

@@ -217,7 +217,9 @@ def test_ctrl_c_on_the_real_command(
     runs = tmp_path / "out" / "runs"
     env = {
         **os.environ,
-        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+        "PYTHONPATH": os.pathsep.join(
+            str(Path(__file__).resolve().parents[2] / sub) for sub in ("", "plugins")
+        ),
         "OMP_NUM_THREADS": "1",
     }
     proc = subprocess.Popen(
