@@ -19,14 +19,16 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rxf.config import RXFConfig
     from rxf.diagnosis import diagnose
+    from rxf.discovery import first_submodule
     from rxf.errors import RXFError, RXFPrecisionWarning, RXFUnusedTermWarning
     from rxf.explanation import Explanation, explain
     from rxf.hookspecs import hookimpl
-    from rxf.inputs import ForwardInputs
+    from rxf.inputs import IGNORE_INDEX, ForwardInputs
     from rxf.plugins import plugin_manager
     from rxf.wrapper import RXFModel, unwrap, wrap
 
 _EXPORTS = {
+    "IGNORE_INDEX": "rxf.inputs",
     "Explanation": "rxf.explanation",
     "ForwardInputs": "rxf.inputs",
     "RXFConfig": "rxf.config",
@@ -36,6 +38,7 @@ _EXPORTS = {
     "RXFUnusedTermWarning": "rxf.errors",
     "diagnose": "rxf.diagnosis",
     "explain": "rxf.explanation",
+    "first_submodule": "rxf.discovery",
     "hookimpl": "rxf.hookspecs",
     "plugin_manager": "rxf.plugins",
     "unwrap": "rxf.wrapper",
@@ -45,6 +48,7 @@ _EXPORTS = {
 __all__ = [
     "Explanation",
     "ForwardInputs",
+    "IGNORE_INDEX",
     "RXFConfig",
     "RXFError",
     "RXFModel",
@@ -53,6 +57,7 @@ __all__ = [
     "__version__",
     "diagnose",
     "explain",
+    "first_submodule",
     "hookimpl",
     "plugin_manager",
     "unwrap",

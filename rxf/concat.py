@@ -22,9 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from rxf.errors import RXFError
-from rxf.inputs import ForwardInputs
+from rxf.inputs import IGNORE_INDEX, ForwardInputs
 
-IGNORE_INDEX = -100
 LABELS = "labels"
 
 

@@ -12,12 +12,11 @@ from torch import Tensor, nn
 
 from rxf.divergence import BUILTIN_DIVERGENCES, Divergence
 from rxf.hookspecs import hookimpl
-from rxf.inputs import ForwardInputs
+from rxf.inputs import IGNORE_INDEX, ForwardInputs
 from rxf.noise import BUILTIN_NOISE_TYPES, NoiseSampler
 
 EMBEDDING_NAMES = ("word_embeddings", "embed_tokens", "wte", "tok_embeddings", "token_embedding")
 HEAD_NAMES = ("classifier", "classification_head", "score", "head", "fc")
-IGNORE_INDEX = -100
 
 
 @hookimpl(trylast=True)

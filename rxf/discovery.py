@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -33,6 +34,23 @@ def module_path(model: nn.Module, module: nn.Module) -> str:
         f"the plugin-proposed module {type(module).__name__} is not a submodule of "
         f"{type(model).__name__}"
     )
+
+
+def first_submodule(root: nn.Module, paths: Iterable[str]) -> nn.Module | None:
+    """The submodule at the first of ``paths`` (dotted) that exists in ``root``, or ``None``.
+
+    Example:
+        >>> net = nn.Sequential()
+        >>> net.add_module("stem", nn.Conv2d(3, 4, 1))
+        >>> type(first_submodule(net, ["patch_embed", "stem"])).__name__
+        'Conv2d'
+    """
+    for path in paths:
+        try:
+            return root.get_submodule(path)
+        except AttributeError:
+            continue
+    return None
 
 
 def resolve_path(model: nn.Module, path: str, field_name: str) -> nn.Module:

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+IGNORE_INDEX = -100
+"""The label value that losses skip (PyTorch's ``cross_entropy`` default, Hugging Face's)."""
+
 
 @dataclass(frozen=True)
 class ForwardInputs:

@@ -24,9 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rxf.config import RXFConfig
-from rxf.errors import RXFError
-from rxf.wrapper import RXFModel
+from rxf import RXFConfig, RXFError, RXFModel
 
 _REFERENCE = {
     "sentence_prediction_r3f": {"noise_type": "uniform", "detach_noisy_embedding": True},

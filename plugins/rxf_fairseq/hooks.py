@@ -12,16 +12,14 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from rxf.errors import RXFError
-from rxf.hookspecs import hookimpl
-from rxf.inputs import ForwardInputs
+from rxf import ForwardInputs, RXFError, first_submodule, hookimpl
 
 # Where fairseq keeps the token lookup, in the order rxf looks: RoBERTa, encoder-decoder
 # (transformer, BART), decoder-only language model.
 EMBEDDING_PATHS = (
-    ("encoder", "sentence_encoder", "embed_tokens"),
-    ("encoder", "embed_tokens"),
-    ("decoder", "embed_tokens"),
+    "encoder.sentence_encoder.embed_tokens",
+    "encoder.embed_tokens",
+    "decoder.embed_tokens",
 )
 
 
@@ -48,15 +46,6 @@ def is_fairseq_style(model: nn.Module) -> bool:
     return _is_fairseq_class(cls)
 
 
-def _submodule(model: nn.Module, path: tuple[str, ...]) -> nn.Module | None:
-    node: Any = model
-    for name in path:
-        node = getattr(node, name, None)
-        if node is None:
-            return None
-    return node if isinstance(node, nn.Module) else None
-
-
 def token_embedding(model: nn.Module) -> nn.Module | None:
     """The source-side token lookup of a fairseq-style model, or ``None``.
 
@@ -65,11 +54,7 @@ def token_embedding(model: nn.Module) -> nn.Module | None:
     by ``embed_scale`` and adds positions, so noise on its output is scaled like the
     embedding, as in the reference criteria.
     """
-    for path in EMBEDDING_PATHS:
-        found = _submodule(model, path)
-        if found is not None:
-            return found
-    return None
+    return first_submodule(model, EMBEDDING_PATHS)
 
 
 def _padding_idx(embedding: nn.Module | None) -> int | None:
@@ -91,8 +76,8 @@ def rxf_embedding_calls(model: nn.Module) -> str | None:
     perturbed, as in ``label_smoothed_cross_entropy_r3f``."""
     if not is_fairseq_style(model):
         return None
-    encoder = _submodule(model, ("encoder", "embed_tokens"))
-    decoder = _submodule(model, ("decoder", "embed_tokens"))
+    encoder = first_submodule(model, ["encoder.embed_tokens"])
+    decoder = first_submodule(model, ["decoder.embed_tokens"])
     return "first" if encoder is not None and encoder is decoder else None
 
 
@@ -140,7 +125,7 @@ def rxf_token_mask(model: nn.Module, inputs: ForwardInputs, logits: Tensor) -> T
         return None
     shape = tuple(logits.shape[:2])
     decoder_mask = _tokens_mask(
-        inputs.get("prev_output_tokens", 2), _submodule(model, ("decoder", "embed_tokens")), shape
+        inputs.get("prev_output_tokens", 2), first_submodule(model, ["decoder.embed_tokens"]), shape
     )
     if decoder_mask is not None:
         return decoder_mask

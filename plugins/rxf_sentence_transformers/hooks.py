@@ -6,8 +6,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from rxf.errors import RXFError
-from rxf.hookspecs import hookimpl
+from rxf import RXFError, hookimpl
 
 
 def is_sentence_transformer(model: Any) -> bool:

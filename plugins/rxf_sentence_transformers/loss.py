@@ -12,9 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import rxf
-from rxf import plugins
-from rxf.config import RXFConfig
-from rxf.errors import RXFError
+from rxf import RXFConfig, RXFError, plugins
 
 Target = Literal["similarity", "embedding"]
 

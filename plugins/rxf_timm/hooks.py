@@ -11,8 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from rxf.errors import RXFError
-from rxf.hookspecs import hookimpl
+from rxf import RXFError, first_submodule, hookimpl
 
 # The analogue of the token lookup: the patch embedding of ViT-style models, else the stem.
 STEM_NAMES = ("patch_embed", "stem", "conv_stem")
@@ -41,10 +40,9 @@ def input_embedding(model: nn.Module) -> nn.Module | None:
     """``patch_embed`` (ViT, DeiT, Swin…), else ``stem`` (ConvNeXt, RegNet…), else
     ``conv_stem`` (EfficientNet, MobileNet), else ``pretrained_cfg["first_conv"]`` (ResNet's
     ``conv1``)."""
-    for name in STEM_NAMES:
-        found = getattr(model, name, None)
-        if isinstance(found, nn.Module):
-            return found
+    found = first_submodule(model, STEM_NAMES)
+    if found is not None:
+        return found
     path = _cfg_path(model, "first_conv")
     if isinstance(path, str):
         try:

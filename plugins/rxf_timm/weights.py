@@ -20,7 +20,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from rxf.errors import RXFError
+from rxf import RXFError
 
 _TOP = {
     "_conv_stem": "conv_stem",

@@ -11,8 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from rxf.errors import RXFError
-from rxf.wrapper import RXFModel
+from rxf import RXFError, RXFModel
 
 LOGGED = ("divergence", "consistency_loss", "noise_to_signal")
 TRAINING_MODES = ("two_pass", "concat", "noise_only")

@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from rxf.errors import RXFError
+from rxf import RXFError, first_submodule
 
 HEAD_NAMES = ("classifier", "classification_head", "score")
 VISION_STEMS = ("embeddings.patch_embeddings", "embedder")
@@ -81,16 +81,12 @@ def token_embedding(model: nn.Module) -> nn.Module | None:
         if not isinstance(encoder, nn.Module) or encoder is model:
             return None
         found = _input_embeddings(encoder)
-        return found if found is not None else _module_or_none(encoder, "embed_tokens")
+        return found if found is not None else first_submodule(encoder, ["embed_tokens"])
     found = _input_embeddings(model)
     if found is not None:
         return found
     base = getattr(model, "base_model", model)
-    for path in VISION_STEMS:
-        stem = _module_or_none(base, path)
-        if stem is not None:
-            return stem
-    return None
+    return first_submodule(base, VISION_STEMS)
 
 
 def shares_embedding_module(model: nn.Module) -> bool:
@@ -112,7 +108,7 @@ def generation_head(model: nn.Module) -> nn.Module | None:
         found = None
     if isinstance(found, nn.Module):
         return found
-    return _module_or_none(model, "lm_head")
+    return first_submodule(model, ["lm_head"])
 
 
 def classification_head(model: nn.Module) -> nn.Module | None:
@@ -136,10 +132,3 @@ def classification_head(model: nn.Module) -> nn.Module | None:
             f"(spectral_norm_head=False), or name a layer explicitly with RXFConfig(head=...)."
         )
     return None
-
-
-def _module_or_none(root: nn.Module, path: str) -> nn.Module | None:
-    try:
-        return root.get_submodule(path)
-    except AttributeError:
-        return None

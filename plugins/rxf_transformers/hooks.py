@@ -11,8 +11,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from rxf.hookspecs import hookimpl
-from rxf.inputs import ForwardInputs
+from rxf import ForwardInputs, hookimpl
 from rxf_transformers import families, masks, saving
 
 

@@ -15,11 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from rxf.errors import RXFError
-from rxf.inputs import ForwardInputs
+from rxf import IGNORE_INDEX, ForwardInputs, RXFError
 from rxf_transformers.families import is_encoder_decoder, shifts_labels
-
-IGNORE_INDEX = -100
 
 
 def _tensor(value: object) -> Tensor | None:

@@ -27,12 +27,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from rxf.errors import RXFError
+from rxf import IGNORE_INDEX, RXFError
 from rxf.spectral import baked_state_dict, r4f_linears
 from rxf_transformers.callback import callback_class, find_rxf_model
 from rxf_transformers.families import shifts_labels
 
-IGNORE_INDEX = -100
 _cache: dict[str, type] = {}
 
 

@@ -199,6 +199,7 @@ def test_import_rxf_imports_no_framework_and_no_torch() -> None:
 def test_public_api_snapshot() -> None:
     assert rxf.__all__ == sorted(rxf.__all__)
     assert set(rxf.__all__) == {
+        "IGNORE_INDEX",
         "Explanation",
         "ForwardInputs",
         "RXFConfig",
@@ -209,6 +210,7 @@ def test_public_api_snapshot() -> None:
         "__version__",
         "diagnose",
         "explain",
+        "first_submodule",
         "hookimpl",
         "plugin_manager",
         "unwrap",
