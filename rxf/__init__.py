@@ -46,9 +46,9 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "IGNORE_INDEX",
     "Explanation",
     "ForwardInputs",
-    "IGNORE_INDEX",
     "RXFConfig",
     "RXFError",
     "RXFModel",

@@ -117,9 +117,11 @@ def rxf_prepare_concat_inputs(model: nn.Module, inputs: ForwardInputs) -> Forwar
 
 @hookimpl
 def rxf_register_noise_types() -> dict[str, NoiseSampler]:
+    """The built-in noise types: uniform, normal, neftune."""
     return dict(BUILTIN_NOISE_TYPES)
 
 
 @hookimpl
 def rxf_register_divergences() -> dict[str, Divergence]:
+    """The built-in divergences: symmetric_kl, kl, js, mse."""
     return dict(BUILTIN_DIVERGENCES)

@@ -232,6 +232,7 @@ def diagnose(
         seed: the first seed; draw ``k`` runs under ``torch.manual_seed(seed + k)``.
         noise_share: the recommendation's target share of the term from the noise.
         max_loss_change: the recommendation's limit on ``|Δ clean loss| / clean loss``.
+        **overrides: :class:`RXFConfig` fields, replacing those of ``config``.
 
     Returns:
         A :class:`Diagnosis`; ``print`` it for the table, ``.to_dict()`` for JSON,

@@ -22,7 +22,9 @@ TokenReduction = Literal["mean", "reference"]
 class Divergence(Protocol):
     """Maps (clean, noisy) logits to one divergence value per position, in float32."""
 
-    def __call__(self, clean: Tensor, noisy: Tensor) -> Tensor: ...
+    def __call__(self, clean: Tensor, noisy: Tensor) -> Tensor:
+        """One float32 value per position: the class dimension reduced."""
+        ...
 
 
 def _log_probs(logits: Tensor) -> Tensor:

@@ -30,7 +30,9 @@ EXTRAS = ("mask", "lengths")
 class NoiseSampler(Protocol):
     """Draws the noise for one noisy pass: ``(embeddings, eps, **declared extras) -> noise``."""
 
-    def __call__(self, embeddings: Tensor, eps: float, /) -> Tensor: ...
+    def __call__(self, embeddings: Tensor, eps: float, /) -> Tensor:
+        """Float32 noise of ``embeddings``' shape on its device."""
+        ...
 
 
 def declared_extras(sampler: object) -> tuple[str, ...]:

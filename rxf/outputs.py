@@ -79,6 +79,11 @@ def own_copies(values: Any) -> Any:
 
 
 def check_distinct(clean: Any, noisy: Any, model: str) -> None:
+    """Refuse a forward that returned the same object from the clean and the noisy pass.
+
+    Raises:
+        RXFError: ``clean is noisy``; names the model and the fix.
+    """
     if clean is noisy:
         raise RXFError(
             f"{model} returned the same object from the clean and the noisy pass, so the noisy "

@@ -179,6 +179,14 @@ def perturb(
             see :func:`split_embedding_output`).
         sampler: a :class:`rxf.noise.NoiseSampler`.
         eps: the noise scale.
+        detach: add the noise to ``output.detach()``.
+        rows: the batch rows that get noise (all when ``None``).
+        expect_rows: the batch size the output must have (concat mode's doubled batch).
+        calls: ``"all"`` or ``"first"`` calls of the module in the scope.
+        layout: the noise's declared extras (``mask``, ``lengths``), by name.
+
+    Yields:
+        The :class:`PerturbationRecord` of the scope, filled as the module is called.
 
     Example:
         >>> from rxf.noise import uniform_noise

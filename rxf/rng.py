@@ -30,11 +30,13 @@ class RNGState:
 
     @classmethod
     def capture(cls, device: torch.device) -> RNGState:
+        """The current states of the CPU generator and of ``device``'s (CUDA only)."""
         if device.type == "cuda":
             return cls(torch.get_rng_state(), device, torch.cuda.get_rng_state(device))
         return cls(torch.get_rng_state(), None, None)
 
     def restore(self) -> None:
+        """Put the captured states back."""
         torch.set_rng_state(self.cpu)
         if self.device is not None and self.device_state is not None:
             torch.cuda.set_rng_state(self.device_state, self.device)

@@ -29,6 +29,7 @@ def tied_aliases(module: nn.Module) -> dict[str, str]:
 def drop_tied_aliases(
     module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any
 ) -> None:
+    """State-dict hook: drop the second and later names of tied parameters (one copy each)."""
     # one copy of each shared tensor: safetensors refuses tensors that share memory (the
     # HF Trainer saves a non-PreTrainedModel that way); loading restores the alias
     for alias in tied_aliases(module):

@@ -166,11 +166,28 @@ class RXFModel(nn.Module):
             return getattr(inner, name)
 
     def train(self, mode: bool = True) -> RXFModel:
+        """Set the train/eval mode of the inner model (its children are shared) and the wrapper."""
         self.module.train(mode)  # the inner model and (shared) children
         self.training = mode
         return self
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the inner model's forward under R3F; arguments are the inner forward's.
+
+        Training mode: the clean pass, then the noisy pass (noise on the embedding output,
+        BatchNorm statistics frozen), ``consistency_loss = r3f_lambda · divergence(clean
+        logits, noisy logits)`` (Aghajanyan et al., 2020, Eq. 1; the reference
+        ``sentence_prediction_r3f`` / ``label_smoothed_cross_entropy_r3f`` criteria), added to
+        the returned loss. ``mode="concat"``: one forward over the doubled batch.
+        ``r3f_lambda=0``: one noisy pass. Eval mode: one plain forward, zero term.
+
+        Returns:
+            The clean pass's output, its loss (if any) with the term added.
+
+        Raises:
+            RXFError: no noise reached the model, no logits found, another hook perturbs the
+                embedding, or a combination rxf refuses (see docs/distributed.md).
+        """
         cfg = self.rxf_config
         if not self.training:
             return self._single_pass(args, kwargs, noisy=False, mode="eval")

