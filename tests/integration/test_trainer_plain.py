@@ -39,7 +39,7 @@ def run(model: torch.nn.Module, name: str, out: Any, resume: Any = None) -> Any:
     return trainer
 
 
-@pytest.mark.parametrize("name", ["bert", "gpt2", "t5"])
+@pytest.mark.parametrize("name", ["bert", "gpt2"])
 def test_plain_trainer_evaluates_checkpoints_and_resumes(tmp_path, name: str) -> None:
     wrapped = rxf.wrap(make_model(name), eps=0.5)
     trainer = run(wrapped, name, tmp_path / "full")
