@@ -26,8 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     for name, helptext, default_out in (
         (
             "finetune",
-            "fine-tune with standard / R3F / R4F over seeds; table + plots "
-            "(no CONFIG: the built-in MiniLM on BBC News default)",
+            "fine-tune with each method over seeds and compare them with standard seed by "
+            "seed (no CONFIG: the built-in MiniLM on BBC News default)",
             "rxf-results",
         ),
         (
@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         if args.command == "explain":
-            from rxf_runner.explain import explain_model
+            from rxf_runner.models import explain_model
 
             print(explain_model(args.model, args.num_labels, args.r4f))
             return 0

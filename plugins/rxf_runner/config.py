@@ -118,9 +118,7 @@ class ModelSettings(BaseModel):
     )
     max_length: int = Field(64, ge=2, description="Text: tokens kept per example (truncation).")
     image_size: int | None = Field(
-        None,
-        ge=8,
-        description="Images: side length they are resized to (default: the model's own).",
+        None, ge=8, description="Images: side length they are resized to (default: its own)."
     )
     weights: Path | None = Field(
         None, description="timm: a state-dict file (.pth/.pt/.safetensors) loaded before training."
@@ -204,15 +202,12 @@ class DataSettings(BaseModel):
 
     dataset: str = Field(
         "bbc_news",
-        description="A built-in dataset ('bbc_news': 2,225 BBC articles, 2,125 distinct, in 5 "
-        "topics: business, entertainment, politics, sports, tech; 'digits': scikit-learn's "
-        "1,797 8x8 digit images), a CSV or JSON-lines file, or an image folder (one sub-folder "
-        "per class).",
+        description="'bbc_news' (2,125 distinct BBC articles in 5 topics), 'digits' "
+        "(scikit-learn's 1,797 8x8 images), a CSV / JSON(-lines) / Parquet file, a folder "
+        "saved with save_to_disk, 'hub:NAME[:CONFIG]', or an image folder (a folder per class).",
     )
     eval_file: Path | None = Field(
-        None,
-        description="A separate CSV/JSON-lines evaluation file; otherwise the evaluation "
-        "examples are held out from `dataset`.",
+        None, description="A separate evaluation file; otherwise held out from `dataset`."
     )
     text_column: str = Field("text", description="CSV/JSON-lines: the column holding the text.")
     label_column: str = Field("label", description="CSV/JSON-lines: the column holding the label.")
@@ -222,18 +217,13 @@ class DataSettings(BaseModel):
     train_per_class: int | None = Field(
         8,
         ge=1,
-        description="Training examples drawn per class (the low-resource regime); "
-        "null uses all of them.",
+        description="Training examples drawn per class (the low-resource regime); null: all.",
     )
     eval_per_class: int | None = Field(
-        40,
-        ge=1,
-        description="Evaluation examples per class; null uses all held-out ones.",
+        40, ge=1, description="Evaluation examples per class; null uses all held-out ones."
     )
     split_seed: int = Field(
-        0,
-        description="Seed of the train/eval split; the same for every method and seed, so "
-        "all runs see the same examples.",
+        0, description="Seed of the train/eval split (the same for every method and seed)."
     )
 
     _eval_file = field_validator("eval_file")(_existing_file)
@@ -273,6 +263,7 @@ class DataSettings(BaseModel):
 
 
 def is_saved_dataset(path: Path) -> bool:
+    """Whether ``path`` is a folder written by ``datasets``' ``save_to_disk``."""
     return any((path / n).is_file() for n in ("dataset_info.json", "dataset_dict.json"))
 
 
@@ -298,10 +289,7 @@ class TrainSettings(BaseModel):
         1.0, gt=0, description="Gradient clipping norm; null disables clipping."
     )
     eval_every: int = Field(
-        2,
-        ge=1,
-        description="Evaluate every this many epochs (and always after the last) for "
-        "the learning curves.",
+        2, ge=1, description="Evaluate every this many epochs (and always after the last)."
     )
     eval_batch_size: int = Field(32, ge=1, description="Examples per evaluation forward.")
     threads: int | None = Field(

@@ -257,15 +257,10 @@ def check_text_file(path: Path) -> None:
 
 
 def _guess_encoding(raw: bytes) -> str:
-    try:
-        from charset_normalizer import from_bytes
+    from charset_normalizer import from_bytes  # a dependency of requests, so of datasets
 
-        best = from_bytes(raw).best()
-        if best is not None:
-            return str(best.encoding).replace("_", "-")
-    except ImportError:  # pragma: no cover - ships with requests
-        pass
-    return "cp1252"
+    best = from_bytes(raw).best()
+    return "cp1252" if best is None else str(best.encoding).replace("_", "-")
 
 
 def check_labels(labels: list[str], source: Any, column: str, first: int = 1) -> None:

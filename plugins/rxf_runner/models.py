@@ -3,6 +3,7 @@
 
 Example:
     >>> from rxf_runner.config import ModelSettings
+from rxf_runner.loading import ConfigError
     >>> task = build(ModelSettings(name="minilm", max_length=16), num_labels=2)  # doctest: +SKIP
     >>> logits_of(task.module(**task.encode(["a fine day", "rain"])))  # doctest: +SKIP
 """
@@ -21,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from rxf_runner.config import ModelSettings
+from rxf_runner.loading import ConfigError
 
 Batch = dict[str, Tensor]
 
@@ -33,6 +35,26 @@ class TaskModel:
     module: nn.Module
     encode: Callable[[Sequence[Any]], Batch]
     features: Callable[[nn.Module, Batch], Tensor]
+
+
+def explain_model(name: str, num_labels: int = 2, r4f: bool = False) -> str:
+    """``rxf explain MODEL``: the rxf.explain table of the model called ``name`` (a built-in,
+    a checkpoint folder, ``timm:NAME`` or a bare timm name), built as finetune builds it."""
+    from pydantic import ValidationError
+
+    import rxf
+
+    try:
+        settings = ModelSettings(name=name)
+    except ValidationError as exc:
+        first = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+        bare = f"timm:{name}" if ":" not in name and not name.startswith((".", "/", "~")) else ""
+        try:
+            settings = ModelSettings(name=bare)
+        except ValidationError:
+            raise ConfigError(f"model: {first}") from None
+    task = build(settings, num_labels)
+    return f"{name}\n{rxf.explain(task.module, spectral_norm_head=r4f)}"
 
 
 def logits_of(output: Any) -> Tensor:

@@ -1,4 +1,4 @@
-"""PNG plots of ``rxf finetune``: learning curves per method and the metric's spread over seeds.
+"""PNG plots of ``rxf finetune``: learning curves per method and the paired differences.
 
 Example:
     >>> runs = [{"method": "standard", "seed": 0, "accuracy": 0.8, "macro_f1": 0.8,
@@ -22,10 +22,11 @@ _COLORS = {
 
 
 def plot_all(runs: Sequence[dict[str, Any]], methods: Sequence[str], folder: Path) -> list[Path]:
-    """Write ``learning_curves.png`` and ``seed_spread.png``; return their paths."""
+    """Write ``learning_curves.png`` (evaluation accuracy and training loss of every run);
+    return its path. The spread over seeds is in :func:`paired_plot`."""
     plt = _pyplot()
 
-    curves, spread = folder / "learning_curves.png", folder / "seed_spread.png"
+    curves = folder / "learning_curves.png"
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
     for method in methods:
         mine = [r for r in runs if r["method"] == method]
@@ -56,27 +57,11 @@ def plot_all(runs: Sequence[dict[str, Any]], methods: Sequence[str], folder: Pat
     fig.savefig(curves, dpi=110)
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
-    for ax, metric, name in zip(
-        axes, ("accuracy", "macro_f1"), ("accuracy", "macro-F1"), strict=True
-    ):
-        for x, method in enumerate(methods):
-            values = [100 * r[metric] for r in runs if r["method"] == method]
-            if not values:
-                continue
-            ax.scatter([x] * len(values), values, color=_COLORS.get(method), alpha=0.7, s=40)
-            ax.hlines(sum(values) / len(values), x - 0.25, x + 0.25, color="black")
-        ax.set_xticks(range(len(methods)), list(methods))
-        ax.set(ylabel=f"final {name} (%)", title=f"{name} over seeds (bar = mean)")
-        ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(spread, dpi=110)
-    plt.close(fig)
-    return [curves, spread]
+    return [curves]
 
 
 def _pyplot() -> Any:
-    """matplotlib's pyplot on the file-only Agg backend (typed loosely: its stubs vary)."""
+    """Matplotlib's pyplot on the file-only Agg backend (typed loosely: its stubs vary)."""
     import matplotlib
 
     backend: Any = matplotlib
@@ -87,11 +72,8 @@ def _pyplot() -> Any:
 
 
 def _smooth(values: Sequence[float], window: int = 5) -> list[float]:
-    out = []
-    for i in range(len(values)):
-        part = values[max(0, i - window + 1) : i + 1]
-        out.append(sum(part) / len(part))
-    return out
+    parts = (values[max(0, i - window + 1) : i + 1] for i in range(len(values)))
+    return [sum(part) / len(part) for part in parts]
 
 
 def paired_plot(paired: Sequence[dict[str, Any]], folder: Path) -> Path:

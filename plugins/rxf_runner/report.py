@@ -139,12 +139,6 @@ def write(
     text = f"# rxf finetune results\n{status}\n{facts}\n\n{markdown(rows, paired)}\n{NOTES}\n"
     md, js = folder / "results.md", folder / "results.json"
     md.write_text(text)
-    data = {
-        "complete": complete,
-        "about": about,
-        "summary": list(rows),
-        "paired": list(paired),
-        "runs": list(runs),
-    }
-    js.write_text(json.dumps(data, indent=2, default=str))
+    data = {"complete": complete, "about": about, "summary": list(rows), "paired": list(paired)}
+    js.write_text(json.dumps({**data, "runs": list(runs)}, indent=2, default=str))
     return md, js

@@ -71,20 +71,15 @@ def seed_everything(seed: int) -> None:
 
 
 @functools.lru_cache(maxsize=1)
-def accelerator(cpu: bool, mixed_precision: str, accumulation_steps: int) -> Any:
+def accelerator_for(settings: TrainSettings) -> Any:
     """The process's :class:`accelerate.Accelerator` for these settings, remade when they
     change (accelerate keeps one shared state per process, which the newest one sets)."""
     from accelerate import Accelerator
 
     return Accelerator(
-        cpu=cpu, mixed_precision=mixed_precision, gradient_accumulation_steps=accumulation_steps
-    )
-
-
-def accelerator_for(settings: TrainSettings) -> Any:
-    """:func:`accelerator` for a config's train settings."""
-    return accelerator(
-        settings.device == "cpu", settings.mixed_precision, settings.accumulation_steps
+        cpu=settings.device == "cpu",
+        mixed_precision=settings.mixed_precision,
+        gradient_accumulation_steps=settings.accumulation_steps,
     )
 
 
@@ -122,7 +117,7 @@ def build_optimizer(module: nn.Module, settings: TrainSettings) -> torch.optim.O
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, settings: TrainSettings, total: int) -> Any:
-    """transformers' schedule: linear warm-up over ``warmup_ratio`` of the steps, then
+    """Transformers' schedule: linear warm-up over ``warmup_ratio`` of the steps, then
     linear / cosine decay to 0 or constant."""
     from transformers import get_scheduler
 

@@ -122,7 +122,7 @@ def test_end_to_end_writes_table_json_and_plots(
         line.startswith("| r3f | 2 | ") and line.endswith(f"| {verdict} |")
         for line in table.splitlines()
     )
-    for png in ("learning_curves.png", "seed_spread.png", "paired_differences.png"):
+    for png in ("learning_curves.png", "paired_differences.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
