@@ -105,6 +105,14 @@ class RXFLoss(nn.Module):
                 "RXFLoss: the wrapped loss made no call of its SentenceTransformer, so there is "
                 "no batch to perturb; wrap a loss that embeds its inputs with its model."
             )
+        if torch.is_grad_enabled() and not all(e.requires_grad for _, _, e in calls):
+            raise RXFError(
+                f"RXFLoss: {type(self.loss).__name__} embeds (some of) its inputs without "
+                "gradients (a cached loss such as CachedMultipleNegativesRankingLoss computes "
+                "the embeddings under no_grad and the gradients later), so the term could not "
+                "train the model through them; wrap the loss's non-cached version instead "
+                "(e.g. MultipleNegativesRankingLoss)."
+            )
         clean = torch.cat([embedding for _, _, embedding in calls])
         noisy_embeddings = [
             noisy(dict(inputs), **kwargs)["sentence_embedding"] for inputs, kwargs, _ in calls

@@ -139,3 +139,11 @@ def test_docs_recipe(tmp_path) -> None:
         reloaded.encode(texts, convert_to_tensor=True),
         model.encode(texts, convert_to_tensor=True),
     )
+
+
+def test_a_cached_loss_is_refused_with_the_fix() -> None:
+    model = load_minilm()
+    cached = losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=2)
+    loss = RXFLoss(cached, eps=0.05)
+    with pytest.raises(rxf.RXFError, match="MultipleNegativesRankingLoss"):
+        loss([features(model, 0), features(model, 1)], None)
