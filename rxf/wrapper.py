@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import inspect
 import types
 import warnings
 import weakref
@@ -14,17 +13,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from rxf import concat, plugins
+from rxf import concat, plugins, signatures
 from rxf.batchnorm import frozen_batchnorm_stats
 from rxf.checkpointing import check_ddp_reentrant
 from rxf.config import RXFConfig
 from rxf.discovery import Targets, discover
 from rxf.divergence import reduce_positions
 from rxf.errors import RXFError, RXFPrecisionWarning, RXFUnusedTermWarning
+from rxf.foreign_hooks import probe_other_hooks, watch_other_hooks
 from rxf.inputs import ForwardInputs
 from rxf.noise import declared_extras, lengths_from_starts
 from rxf.outputs import check_distinct, loss_of, own_copies, with_term
-from rxf.perturbation import PerturbationRecord, perturb, probe_other_hooks, watch_other_hooks
+from rxf.perturbation import PerturbationRecord, perturb
 from rxf.precision import precision_warning
 from rxf.rng import RNGState, replayed_stream
 from rxf.spectral import apply_spectral_norm, bake_r4f, r4f_linears
@@ -82,7 +82,8 @@ class RXFModel(nn.Module):
         self._bind_forward()
 
     def _bind_forward(self) -> None:
-        self.forward = types.MethodType(_forward_with_signature_of(self.module), self)  # type: ignore[method-assign]
+        forward = signatures.forward_showing(RXFModel.forward, self.module)
+        self.forward = types.MethodType(forward, self)  # type: ignore[method-assign]
 
     @property
     def consistency_loss(self) -> Tensor:
@@ -396,51 +397,11 @@ class RXFModel(nn.Module):
             warnings.warn(message, RXFPrecisionWarning, stacklevel=4)
 
 
-def _forward_with_signature_of(module: nn.Module) -> types.FunctionType:
-    """A copy of RXFModel.forward whose signature is the inner forward's (HF Trainer reads it)."""
-    try:
-        inner = inspect.signature(module.forward)
-    except (TypeError, ValueError):
-        return _forward_copy(None)
-    return _forward_copy(inner)
-
-
-def _forward_copy(inner: inspect.Signature | None) -> types.FunctionType:
-    """RXFModel.forward's code under the signature ``(self, *inner parameters)``."""
-    base = RXFModel.forward
-    fn = types.FunctionType(
-        base.__code__, base.__globals__, base.__name__, base.__defaults__, base.__closure__
-    )
-    fn.__doc__, fn.__qualname__ = base.__doc__, base.__qualname__
-    if inner is not None:
-        self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
-        fn.__signature__ = inner.replace(parameters=[self_param, *inner.parameters.values()])  # type: ignore[attr-defined]
-    return fn
-
-
 _SHARED = ("_parameters", "_buffers", "_modules", "_non_persistent_buffers_set")
-_CLASSES: dict[type, type[RXFModel]] = {}
 
 
 def _wrapper_class(inner: type) -> type[RXFModel]:
-    """``RXFModel`` whose *class* ``forward`` shows the inner class's signature, made once per
-    inner class: Hugging Face's Trainer reads label names (``eval_loss``) and ``return_loss``
-    from ``type(model).forward``, where an instance's signature does not reach."""
-    cls = _CLASSES.get(inner)
-    if cls is None:
-        try:
-            params = list(inspect.signature(inner.forward).parameters.values())[1:]  # type: ignore[attr-defined]
-            signature: inspect.Signature | None = inspect.Signature(params)
-        except (TypeError, ValueError, AttributeError):
-            signature = None
-        namespace = {
-            "forward": _forward_copy(signature),
-            "__module__": RXFModel.__module__,
-            "__qualname__": RXFModel.__qualname__,
-            "__doc__": RXFModel.__doc__,
-        }
-        cls = _CLASSES[inner] = type(RXFModel.__name__, (RXFModel,), namespace)
-    return cls
+    return signatures.subclass_showing(RXFModel, inner)
 
 
 def _new_wrapper(inner: type) -> RXFModel:
