@@ -15,8 +15,9 @@ first use. It recognises ``PreTrainedModel``-like models by duck typing and answ
   decoder call one embedding module;
 * the sequence starts of packed rows (``cu_seq_lens_q``), for length-aware noise.
 
-Importing this package does not import ``transformers``; :class:`RXFCallback` and
-:class:`RXFTrainer` (which need its types) are built on first access.
+Importing this package does not import ``transformers``; :class:`RXFCallback`,
+:class:`RXFTrainer` and :class:`RXFSFTTrainer` (TRL's ``SFTTrainer`` through the wrapper,
+see :mod:`rxf_transformers.sft`), which need its types, are built on first access.
 
 Example:
     >>> import rxf
@@ -44,6 +45,7 @@ from rxf_transformers.hooks import (
 
 __all__ = [
     "RXFCallback",
+    "RXFSFTTrainer",
     "RXFTrainer",
     "rxf_embedding_calls",
     "rxf_find_embedding",
@@ -64,4 +66,8 @@ def __getattr__(name: str) -> Any:
         from rxf_transformers.trainer import trainer_class
 
         return trainer_class()
+    if name == "RXFSFTTrainer":  # needs trl
+        from rxf_transformers.sft import sft_trainer_class
+
+        return sft_trainer_class()
     raise AttributeError(f"module 'rxf_transformers' has no attribute {name!r}")
