@@ -63,3 +63,26 @@ def test_diagnose_settings_are_validated(
     err = capsys.readouterr().err
     assert "unknown key 'diagnose.batchez'; did you mean 'batches'?" in err
     assert "diagnose.eps_grid: every eps must be positive, got [0.1, 0.0]" in err
+
+
+def test_diagnose_command_on_an_image_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A timm ConvNet (BatchNorm) on scikit-learn's digits: the stem gets the noise."""
+    pytest.importorskip("timm")
+    config = write_config(
+        tmp_path,
+        """
+model: {name: "timm:resnet10t", image_size: 16}
+data: {dataset: digits, classes: ["0", "1"], train_per_class: 4, eval_per_class: 4}
+train: {batch_size: 4}
+diagnose: {draws: 1, eps_grid: [0.001, 0.1]}
+output: out
+""",
+    )
+    assert main(["diagnose", str(config), "--no-plots"]) == 0
+    saved = json.loads((tmp_path / "out" / "diagnosis.json").read_text())
+    assert saved["embedding"] == "conv1.0" and saved["task_loss"] > 0
+    assert [r["eps"] for r in saved["rows"]] == [0.001, 0.1]  # the default eps is 0.1
+    assert 0 < saved["rows"][0]["noise_only"] < saved["rows"][1]["noise_only"]
+    assert "| 1e-01 * |" in capsys.readouterr().out
