@@ -234,6 +234,13 @@ def diagnose(
         max_loss_change: the recommendation's limit on ``|Δ clean loss| / clean loss``.
         **overrides: :class:`RXFConfig` fields, replacing those of ``config``.
 
+    Shape:
+        Whatever the model takes: each batch is passed as ``model(**batch)`` (mapping) or
+        ``model(batch)`` (tensor); ``labels`` per batch as ``loss_fn`` expects them (default
+        cross-entropy: ``(B,)`` class indices for ``(B, C)`` logits, ``(B, T)`` for
+        ``(B, T, C)``). The divergence is rxf's own, reduced as in training (per example, or
+        over the target positions of token-level logits); every number is a float in nats.
+
     Returns:
         A :class:`Diagnosis`; ``print`` it for the table, ``.to_dict()`` for JSON,
         ``.plot(path)`` for the log-log plot.
