@@ -87,7 +87,7 @@ def run(
         f"{acc.mixed_precision}, {cfg.train.batch_size} examples per optimiser step",
         file=out,
     )
-    if cfg.rxf == FinetuneConfig().rxf and cfg.model.name == "minilm":
+    if _diagnosed(cfg):
         print(f"rxf: {DIAGNOSIS}", file=out)
     _show_targets(cfg, num_labels, out)
 
@@ -144,6 +144,12 @@ def run(
     return report.summarize(results, cfg.methods)
 
 
+def _diagnosed(cfg: FinetuneConfig) -> bool:
+    """Whether the run uses the eps that rxf diagnose chose for the embedded default."""
+    default = FinetuneConfig()
+    return (cfg.rxf, cfg.model, cfg.data) == (default.rxf, default.model, default.data)
+
+
 def _show_targets(cfg: FinetuneConfig, num_labels: int, out: TextIO) -> None:
     """Build the model once (this validates the checkpoint) and show what rxf hooks."""
     if cfg.methods == ["standard"]:
@@ -152,7 +158,6 @@ def _show_targets(cfg: FinetuneConfig, num_labels: int, out: TextIO) -> None:
     task = models.build(cfg.model, num_labels)
     spectral = "r4f" in cfg.methods
     print(rxf.explain(task.module, cfg.rxf, spectral_norm_head=spectral), file=out)
-    del task
 
 
 def _write_outputs(
@@ -177,7 +182,7 @@ def _write_outputs(
         "max length": cfg.model.max_length if cfg.model.kind == "text" else "n/a",
         "rxf": f"eps={cfg.rxf.eps:g}, lambda={cfg.rxf.r3f_lambda:g}, "
         f"noise={cfg.rxf.noise_type}, divergence={cfg.rxf.divergence}"
-        + (f" ({DIAGNOSIS})" if cfg.rxf == FinetuneConfig().rxf else ""),
+        + (f" ({DIAGNOSIS})" if _diagnosed(cfg) else ""),
         "seeds": ", ".join(str(s) for s in cfg.seeds),
         "this command's wall time (s)": round(seconds[0], 1),
         "this command's CPU time, all threads (s)": round(seconds[1], 1),
