@@ -138,3 +138,37 @@ def test_docs_recipe(tmp_path) -> None:
     )
     logs = [e for e in ns["trainer"].state.log_history if "loss" in e]
     assert logs and logs[-1]["rxf_noise_to_signal"] > 0
+
+
+def test_rxf_sft_trainer_with_a_peft_config(tmp_path) -> None:
+    peft = pytest.importorskip("peft", reason="PEFT is not installed (rxf[stacks])")
+    wrapped = rxf.wrap(llama(), eps=0.5)
+    args = trl.SFTConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        max_steps=2,
+        logging_steps=1,
+        learning_rate=1e-3,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+    )
+    trainer = RXFSFTTrainer(
+        model=wrapped,
+        args=args,
+        train_dataset=prompt_completion(),
+        processing_class=tokenizer(),
+        peft_config=peft.LoraConfig(target_modules=["q_proj", "v_proj"], r=4, lora_alpha=8),
+    )
+    trainer.train()
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert logs[0]["rxf_consistency_loss"] > 1e-6 and logs[0]["rxf_noise_to_signal"] > 0
+    trained = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert trained and all("lora_" in n for n in trained)
+    trainer.model.save_pretrained(str(tmp_path / "adapter"))
+    plain = peft.PeftModel.from_pretrained(llama(), str(tmp_path / "adapter"))
+    ids = torch.tensor([[5, 6, 7, 8]])
+    trained = trainer.model.get_base_model().eval()  # the wrapper; the PeftModel's forward
+    with torch.no_grad():  # runs under the Trainer's mixed-precision autocast (bf16 on CPU)
+        torch.testing.assert_close(plain(input_ids=ids).logits, trained(input_ids=ids).logits)
