@@ -29,6 +29,7 @@ import rxf
 from rxf_runner import models
 from rxf_runner.config import ModelSettings, TrainSettings
 from rxf_runner.data import Examples
+from rxf_runner.loading import ConfigError
 
 METHODS: dict[str, dict[str, Any] | None] = {
     "standard": None,  # not wrapped
@@ -76,11 +77,14 @@ def accelerator_for(settings: TrainSettings) -> Any:
     change (accelerate keeps one shared state per process, which the newest one sets)."""
     from accelerate import Accelerator
 
-    return Accelerator(
-        cpu=settings.device == "cpu",
-        mixed_precision=settings.mixed_precision,
-        gradient_accumulation_steps=settings.accumulation_steps,
-    )
+    try:
+        return Accelerator(
+            cpu=settings.device == "cpu",
+            mixed_precision=settings.mixed_precision,
+            gradient_accumulation_steps=settings.accumulation_steps,
+        )
+    except ValueError as exc:  # accelerate fixes the precision once per process
+        raise ConfigError(f"train.mixed_precision: {exc}") from None
 
 
 def prepare(

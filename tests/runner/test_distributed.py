@@ -4,12 +4,14 @@ gives the same runs as one process for a model without dropout."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,7 +26,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _run(config: Path, processes: int) -> dict:
+def _run(config: Path, processes: int) -> dict[str, Any]:
     env = {
         **os.environ,
         "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'plugins'}",
@@ -79,3 +81,24 @@ output: out
         assert two[key]["lrs"] == run["lrs"]
         assert [p["accuracy"] for p in two[key]["curve"]] == [p["accuracy"] for p in run["curve"]]
     assert not list((tmp_path / "out").glob("*.tmp"))
+
+
+def test_bf16_mixed_precision_on_cpu(tiny_bert: Path, tiny_csv: Path, tmp_path: Path) -> None:
+    """accelerate's bf16 autocast through the loop and the wrapper (a fresh process: accelerate
+    fixes the precision once per process)."""
+    shutil.copytree(tiny_bert, tmp_path / "bert")
+    path = write_config(
+        tmp_path,
+        """
+model: {name: bert, max_length: 16}
+data: {dataset: reviews.csv, classes: [pos, neg], train_per_class: 4, eval_per_class: 2}
+train: {epochs: 1, batch_size: 4, mixed_precision: bf16, threads: 1}
+methods: [standard, r3f]
+seeds: 1
+output: out
+""",
+    )
+    runs = _run(path, 1)["runs"]
+    assert [r["method"] for r in runs] == ["standard", "r3f"]
+    assert all(math.isfinite(x) for r in runs for x in r["losses"])
+    assert runs[1]["consistency"][-1] > 0
