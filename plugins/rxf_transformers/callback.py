@@ -31,14 +31,24 @@ def find_rxf_model(model: Any) -> RXFModel | None:
     return None
 
 
-def forward_replaced(wrapped: RXFModel) -> bool:
-    """Whether something replaced the wrapper's ``forward`` on the instance (TRL's fused
-    LM head does), so that calling the model may no longer run rxf."""
-    patched = vars(wrapped).get("forward")
-    if patched is None:
-        return False
-    code = getattr(getattr(patched, "__func__", patched), "__code__", None)
-    return code is not RXFModel.forward.__code__
+def fused_lm_head_installed(wrapped: RXFModel) -> bool:
+    """Whether TRL's fused LM-head forward (``trl.trainer.utils.add_fused_lm_head``) replaced
+    the wrapper's ``forward`` on the instance: it runs the backbone directly, bypassing rxf.
+
+    Follows the ``__wrapped__`` chain, so TRL's forward is found under accelerate's
+    mixed-precision wrapper too; other replacements that call the wrapper's own forward
+    (accelerate's autocast and fp32-output wrappers) are not reported.
+    """
+    forward: Any = vars(wrapped).get("forward")
+    for _ in range(16):
+        if forward is None:
+            return False
+        forward = getattr(forward, "__func__", forward)
+        code = getattr(forward, "__code__", None)
+        if code is not None and code.co_name == "_fused_forward":
+            return True
+        forward = getattr(forward, "__wrapped__", None) or getattr(forward, "model_forward", None)
+    return False
 
 
 class StatsMeter:
@@ -88,8 +98,8 @@ def _build() -> type:
         refuses ``label_smoothing_factor`` under the plain ``Trainer``: it pops the labels
         before the forward, so the model's loss (and the R3F term in it) is never computed.
         :class:`rxf_transformers.RXFTrainer` keeps them and adds the term itself. Refuses a
-        wrapper whose ``forward`` was replaced (TRL's ``SFTTrainer`` installs its fused LM
-        head there; use :class:`rxf_transformers.sft.RXFSFTTrainer`), and stops at the end
+        wrapper whose ``forward`` TRL's ``SFTTrainer`` replaced with its fused LM head (use
+        :class:`rxf_transformers.sft.RXFSFTTrainer`), and stops at the end
         of the first step when no training forward of that step went through rxf.
 
         Example:
@@ -112,7 +122,7 @@ def _build() -> type:
                     f"RXFCallback: the Trainer's model ({type(model).__name__}) is not wrapped "
                     f"by rxf; pass model=rxf.wrap(model) to the Trainer."
                 )
-            if forward_replaced(wrapped) and not self.owns_forward:
+            if fused_lm_head_installed(wrapped) and not self.owns_forward:
                 raise RXFError(
                     "the wrapped model's forward was replaced on the instance (trl's SFTTrainer "
                     "installs its fused LM-head forward there), which calls the inner model "

@@ -100,3 +100,17 @@ def test_callback_stops_when_the_first_step_bypassed_rxf(tmp_path) -> None:
     with pytest.raises(rxf.RXFError, match="no training forward of the first step"):
         trainer.train()
     assert trainer.state.global_step == 1
+
+
+def test_mixed_precision_trainer_with_the_callback(tmp_path) -> None:
+    # accelerate replaces the wrapper's forward with its autocast / fp32-output wrappers,
+    # which call rxf's forward: the callback must not take them for a bypass
+    from rxf_transformers import RXFCallback
+
+    from tests.plugins.transformers.test_trainer import train
+
+    wrapped = rxf.wrap(make_model("bert"), eps=0.5)
+    trainer = train(wrapped, rows("bert"), tmp_path, callbacks=[RXFCallback()], bf16=True)
+    assert "forward" in vars(wrapped)  # accelerate's wrapper is in place
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert logs[0]["rxf_consistency_loss"] > 0 and logs[0]["rxf_noise_to_signal"] > 0
