@@ -10,8 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "stacks.md"
 
 
@@ -25,7 +23,7 @@ def recipe(name: str) -> str:
 
 
 def run_recipe(name: str, **names: Any) -> dict[str, Any]:
-    """Executes the recipe with ``torch`` and ``names`` bound; returns its namespace."""
-    namespace: dict[str, Any] = {"torch": torch, "__name__": f"recipe_{name}", **names}
+    """Executes the recipe with ``names`` bound; returns its namespace."""
+    namespace: dict[str, Any] = {"__name__": f"recipe_{name}", **names}
     exec(compile(recipe(name), f"docs/stacks.md ({name})", "exec"), namespace)
     return namespace
