@@ -117,6 +117,12 @@ def _build() -> type:
             self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any
         ) -> None:
             wrapped = find_rxf_model(model)
+            if wrapped is None and type(model).__module__.startswith("sentence_transformers"):
+                raise RXFError(
+                    "RXFCallback reads a wrapped model; sentence-transformers models stay "
+                    "unwrapped and R3F goes through the loss: drop RXFCallback and read "
+                    "rxf_sentence_transformers.RXFLoss(...).last_stats instead."
+                )
             if wrapped is None:
                 raise RXFError(
                     f"RXFCallback: the Trainer's model ({type(model).__name__}) is not wrapped "

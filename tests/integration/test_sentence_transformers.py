@@ -147,3 +147,24 @@ def test_a_cached_loss_is_refused_with_the_fix() -> None:
     loss = RXFLoss(cached, eps=0.05)
     with pytest.raises(rxf.RXFError, match="MultipleNegativesRankingLoss"):
         loss([features(model, 0), features(model, 1)], None)
+
+
+def test_rxf_callback_points_sentence_transformers_users_to_the_loss(tmp_path) -> None:
+    from rxf_transformers import RXFCallback
+
+    model = load_minilm()
+    data = datasets.Dataset.from_dict(
+        {"anchor": [a for a, _ in PAIRS], "positive": [p for _, p in PAIRS]}
+    )
+    args = st.SentenceTransformerTrainingArguments(
+        output_dir=str(tmp_path), max_steps=1, report_to=[], use_cpu=True, disable_tqdm=True
+    )
+    trainer = st.SentenceTransformerTrainer(
+        model=model,
+        args=args,
+        train_dataset=data,
+        loss=RXFLoss(losses.MultipleNegativesRankingLoss(model), eps=0.05),
+        callbacks=[RXFCallback()],
+    )
+    with pytest.raises(rxf.RXFError, match="last_stats"):
+        trainer.train()
