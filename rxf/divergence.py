@@ -134,9 +134,25 @@ def symmetric_kl(
 ) -> Tensor:
     """KL_S(P, Q) = KL(P‖Q) + KL(Q‖P) of the softmaxes, summed over classes, mean over examples.
 
+    The R3F term of Aghajanyan et al. (2020), Eq. 1, with the reduction of fairseq's
+    ``sentence_prediction_r3f`` criterion (summed over classes, divided by the batch size).
     Computed in float32 and in log space (finite gradients also when probabilities
-    underflow); gradients flow into both arguments. ``mask`` and ``token_reduction`` apply to
-    token-level ``(batch, T, classes)`` logits, see :func:`reduce_positions`.
+    underflow); gradients flow into both arguments; classes that are ``-inf`` on both sides
+    count 0.
+
+    Args:
+        clean: logits of the clean pass, any floating dtype.
+        noisy: logits of the noisy pass, the same shape.
+        mask: token-level only: which positions count (see :func:`reduce_positions`).
+        token_reduction: token-level only: ``"mean"`` over counted positions, or
+            ``"reference"`` (fairseq's ``label_smoothed_cross_entropy_r3f``).
+
+    Shape:
+        ``clean``, ``noisy``: ``(batch, classes)`` or ``(batch, positions, classes)``;
+        ``mask``: ``(batch, positions)`` bool. Returns a 0-dim float32 tensor.
+
+    Raises:
+        ValueError: a mask whose shape differs from the logits' positions.
 
     Example:
         >>> p = torch.tensor([[2.0, 0.0]])
