@@ -28,7 +28,7 @@ from tests.integration.test_ddp import WORLD, _free_port, _PerRankNoise
 deepspeed = pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (rxf[stacks])")
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed missing")
 
-STAGES = (2, 3)
+RUNS = {"zero2": (2, False), "zero3": (3, False), "zero2_r4f": (2, True)}  # stage, R4F
 
 
 def ds_config(stage: int) -> dict[str, object]:
@@ -57,9 +57,9 @@ def worker(rank: int, world: int, port: int, out_dir: str) -> None:
     ds_torch.build_shm_op = lambda: None  # the tests skip DeepSpeed's JIT-built CPU comm op
     deepspeed.init_distributed(dist_backend="gloo")
     try:
-        for stage in STAGES:
+        for name, (stage, r4f) in RUNS.items():
             model = tiny_bert()
-            wrapped = rxf.wrap(model, **ddp_worker.RXF)
+            wrapped = rxf.wrap(model, **ddp_worker.RXF, spectral_norm_head=r4f)
             engine, *_ = deepspeed.initialize(
                 model=wrapped,
                 optimizer=torch.optim.SGD(wrapped.parameters(), lr=0.5),
@@ -71,7 +71,7 @@ def worker(rank: int, world: int, port: int, out_dir: str) -> None:
                 engine.backward(loss)
                 engine.step()
             assert wrapped.last_stats["noise_to_signal"] > 0
-            engine.save_checkpoint(str(Path(out_dir) / f"zero{stage}"), tag="last")
+            engine.save_checkpoint(str(Path(out_dir) / name), tag="last")
         batch = ddp_worker._local(ddp_worker.global_batches()[0], rank, world)
         recipe_dir = Path(out_dir) / "recipe"
         ns = run_recipe("deepspeed", model=tiny_bert(), batch=batch, output_dir=str(recipe_dir))
@@ -82,13 +82,15 @@ def worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 
 @functools.cache
-def _reference() -> dict[str, torch.Tensor]:
+def _reference(r4f: bool) -> dict[str, torch.Tensor]:
     noise = _PerRankNoise()
     pm = rxf.plugin_manager()
     pm.register(noise)
     try:
         model = tiny_bert()
-        wrapped = rxf.wrap(model, **ddp_worker.RXF, noise_type="test_per_rank")
+        wrapped = rxf.wrap(
+            model, **ddp_worker.RXF, noise_type="test_per_rank", spectral_norm_head=r4f
+        )
         ddp_worker.train(wrapped, ddp_worker.global_batches())
     finally:
         pm.unregister(noise)
@@ -104,26 +106,28 @@ def zero_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _consolidated(out: Path, stage: int) -> dict[str, torch.Tensor]:
+def _consolidated(out: Path, name: str) -> dict[str, torch.Tensor]:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    return get_fp32_state_dict_from_zero_checkpoint(str(out / f"zero{stage}"), tag="last")
+    return get_fp32_state_dict_from_zero_checkpoint(str(out / name), tag="last")
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("name", list(RUNS))
 def test_zero_matches_single_process_and_reloads_into_the_wrapper(
-    zero_results: Path, stage: int
+    zero_results: Path, name: str
 ) -> None:
-    state = _consolidated(zero_results, stage)
-    fresh = rxf.wrap(tiny_bert(), **ddp_worker.RXF)
+    r4f = RUNS[name][1]
+    state = _consolidated(zero_results, name)
+    fresh = rxf.wrap(tiny_bert(), **ddp_worker.RXF, spectral_norm_head=r4f)
     # zero_to_fp32 names parameters as the engine's module does and takes buffers from its
-    # state_dict: the two agree, and are the plain model's keys
-    assert set(state) == set(fresh.state_dict()) == set(tiny_bert().state_dict())
+    # state_dict: the two agree, and are the inner model's keys
+    assert set(state) == set(fresh.state_dict()) == set(fresh.module.state_dict())
     fresh.load_state_dict(state, strict=True)
-    tiny_bert().load_state_dict(state, strict=True)
-    reference, start = _reference(), tiny_bert().state_dict()
+    if not r4f:
+        tiny_bert().load_state_dict(state, strict=True)
+    reference, start = _reference(r4f), tiny_bert().state_dict()
     trained = fresh.module.state_dict()
-    assert max((trained[k] - start[k]).abs().max().item() for k in start) > 1e-2
+    assert max((trained[k] - start[k]).abs().max().item() for k in start if k in trained) > 1e-2
     assert max((trained[k] - reference[k]).abs().max().item() for k in reference) < 1e-5
 
 
