@@ -31,7 +31,7 @@ class RXFConfig(BaseModel):
         ge=0,
         allow_inf_nan=False,
         description="Noise scale: half-width for 'uniform', standard deviation for 'normal', "
-        "α for 'neftune'. 0 turns the noise off.",
+        "NEFTune's α. 0 turns the noise off.",
     )
     r3f_lambda: float = Field(
         1.0,
@@ -42,7 +42,8 @@ class RXFConfig(BaseModel):
     )
     noise_type: str = Field(
         "uniform",
-        description="A registered noise type: 'uniform', 'normal', 'neftune', or a plugin's.",
+        description="A registered noise type: 'uniform', 'normal', or a plugin's (the "
+        "first-party NEFTune plugin registers NEFTune's).",
     )
     divergence: str = Field(
         "symmetric_kl",

@@ -117,7 +117,7 @@ def rxf_prepare_concat_inputs(model: nn.Module, inputs: ForwardInputs) -> Forwar
 
 @hookimpl
 def rxf_register_noise_types() -> dict[str, NoiseSampler]:
-    """The built-in noise types: uniform, normal, neftune."""
+    """The built-in noise types: uniform, normal (NEFTune's comes from its plugin)."""
     return dict(BUILTIN_NOISE_TYPES)
 
 

@@ -69,8 +69,9 @@ def other_hook_message(module: nn.Module, name: str, own: list[Any]) -> str:
         f"another forward hook on the embedding module {name!r} changes its output "
         f"({', '.join(names) or 'unnamed'}): under rxf the clean pass would be perturbed and "
         f"the noisy pass would get two noises. Remove that hook (a Hugging Face Trainer's "
-        f"NEFTune: leave TrainingArguments.neftune_noise_alpha unset); for NEFTune noise "
-        f"through rxf use rxf.wrap(model, noise_type='neftune', eps=alpha, r3f_lambda=0)."
+        f"NEFTune: leave the NEFTune alpha of its TrainingArguments unset); for NEFTune noise "
+        f"through rxf, wrap with the NEFTune noise type, eps=alpha and r3f_lambda=0 "
+        f"(docs/transformers.md, 'NEFTune: noise only')."
     )
 
 

@@ -40,7 +40,8 @@ def declared_extras(sampler: object) -> tuple[str, ...]:
     a sampler taking ``**kwargs``.
 
     Example:
-        >>> declared_extras(neftune_noise), declared_extras(uniform_noise)
+        >>> def scaled(embeddings, eps, lengths=None): ...
+        >>> declared_extras(scaled), declared_extras(uniform_noise)
         (('lengths',), ())
     """
     try:
@@ -102,35 +103,7 @@ def normal_noise(embeddings: Tensor, eps: float) -> Tensor:
     return noise.normal_(0.0, eps)
 
 
-def neftune_noise(embeddings: Tensor, eps: float, lengths: Tensor | None = None) -> Tensor:
-    """NEFTune's noise (Jain et al., 2023, Algorithm 1): U(-1, 1) · eps / √(L·d), ``eps``
-    playing α.
-
-    ``L`` is the real (unpadded) length of the example each token belongs to, from
-    ``lengths`` (per example also in packed rows); without it, the padded row length. ``d``
-    is the embedding width. Expects ``(batch, tokens, d)`` embeddings; padding tokens get
-    the scale of the sequence they pad.
-
-    Example:
-        >>> z = neftune_noise(torch.zeros(1, 4, 16), 5.0)
-        >>> bool(z.abs().max() <= 5.0 / 8)
-        True
-    """
-    if embeddings.dim() != 3:
-        raise ValueError(
-            f"neftune noise needs (batch, tokens, dim) embeddings, got shape "
-            f"{tuple(embeddings.shape)}; use noise_type='uniform' for this model."
-        )
-    batch, tokens, dim = embeddings.shape
-    if lengths is None:
-        lengths = torch.full((batch, tokens), float(tokens), device=embeddings.device)
-    lengths = lengths.to(device=embeddings.device, dtype=torch.float32)
-    scale = torch.where(lengths > 0, eps / torch.sqrt(lengths.clamp_min(1.0) * dim), 0.0)
-    return uniform_noise(embeddings, 1.0) * scale.unsqueeze(-1)
-
-
 BUILTIN_NOISE_TYPES: dict[str, NoiseSampler] = {
     "uniform": uniform_noise,
     "normal": normal_noise,
-    "neftune": neftune_noise,
 }

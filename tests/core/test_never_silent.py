@@ -245,7 +245,7 @@ def test_another_perturbing_hook_is_refused_at_wrap(tiny) -> None:
 def test_another_perturbing_hook_is_refused_at_the_first_training_forward(tiny, batch) -> None:
     model = rxf.wrap(tiny, eps=0.1)
     tiny.embed_tokens.register_forward_hook(_noisy_hook)  # as Trainer(neftune_noise_alpha=)
-    with pytest.raises(RXFError, match=r"neftune_noise_alpha"):
+    with pytest.raises(RXFError, match=r"NEFTune alpha of its TrainingArguments unset"):
         model(**batch)
     with pytest.raises(RXFError, match="another forward hook"):
         rxf.wrap(rxf.unwrap(model), r3f_lambda=0.0)

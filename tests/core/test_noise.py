@@ -6,8 +6,9 @@ import math
 
 import pytest
 import torch
+from rxf_neftune import neftune_noise
 
-from rxf.noise import lengths_from_starts, neftune_noise, normal_noise, uniform_noise
+from rxf.noise import lengths_from_starts, normal_noise, uniform_noise
 
 N = 200_000
 
