@@ -101,6 +101,8 @@ def discover(model: nn.Module, cfg: RXFConfig) -> Targets:
     """
     plugins.check_registered_names(cfg)
     targets = Targets(*_find_embedding(model, cfg))
+    if cfg.head is not None and not cfg.spectral_norm_head:
+        resolve_path(model, cfg.head, "head")  # a wrong path is an error even with R4F off
     if cfg.spectral_norm_head:
         targets.head, targets.head_name = _find_head(model, cfg)
         if targets.head is targets.embedding:

@@ -9,6 +9,7 @@ from torch import nn
 
 from rxf.config import RXFConfig
 from rxf.discovery import discover
+from rxf.errors import RXFError
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,8 @@ def explain(model: nn.Module, config: RXFConfig | None = None, **overrides: Any)
     if isinstance(model, nn.parallel.DistributedDataParallel):
         model = model.module
     if isinstance(model, RXFModel):
+        if model.__dict__.get("_unwrapped"):
+            raise RXFError("this wrapper was undone by rxf.unwrap; explain the returned model")
         inner, cfg, targets = model.module, model.rxf_config, model.rxf_targets
     else:
         cfg = (config or RXFConfig()).with_overrides(**overrides)

@@ -211,6 +211,13 @@ def perturb(
         target = tensor if rows is None else tensor[rows]
         extras = {k: v for k, v in (layout or {}).items() if _fits(v, target)}
         noise = sampler(target, eps, **extras)
+        if not isinstance(noise, Tensor) or noise.shape != target.shape:
+            got = tuple(noise.shape) if isinstance(noise, Tensor) else type(noise).__name__
+            raise RXFError(
+                f"the noise sampler {getattr(sampler, '__name__', sampler)!r} returned {got} "
+                f"for embeddings of shape {tuple(target.shape)}; a noise type must return a "
+                f"float32 tensor of the embeddings' shape (see rxf.noise)."
+            )
         noisy = add_noise(target, noise, detach)
         if record.perturbed == 0:
             record_levels(record, target, noisy, noise)

@@ -189,6 +189,13 @@ class RXFModel(nn.Module):
             RXFError: no noise reached the model, no logits found, another hook perturbs the
                 embedding, or a combination rxf refuses (see docs/distributed.md).
         """
+        if self.__dict__.get("_unwrapped"):
+            raise RXFError(
+                "this wrapper was undone by rxf.unwrap (R4F baked out, the model handed back), "
+                "so it no longer regularizes as configured. Train the model rxf.unwrap "
+                "returned, or wrap it again: rxf.wrap(model, ...). To save during training, "
+                "save model.state_dict() or use the framework's save method on the wrapper."
+            )
         cfg = self.rxf_config
         if not self.training:
             return self._single_pass(args, kwargs, noisy=False, mode="eval")
@@ -346,6 +353,8 @@ class RXFModel(nn.Module):
         self, inputs: ForwardInputs, clean: Any, clean_logits: Tensor, noisy_logits: Tensor
     ) -> tuple[Tensor, str, int | Tensor]:
         cfg = self.rxf_config
+        if clean_logits.dim() == 1:  # (batch,): one real value per example (a squeezed head)
+            clean_logits, noisy_logits = clean_logits.unsqueeze(-1), noisy_logits.unsqueeze(-1)
         name = cfg.regression_divergence if clean_logits.shape[-1] == 1 else cfg.divergence
         per_position = self._divergences[name](clean_logits, noisy_logits)
         mask = None
@@ -361,7 +370,8 @@ class RXFModel(nn.Module):
                 f"the embedding module {self.rxf_targets.embedding_name!r} was not called during "
                 f"the noisy pass, so no noise reached the model; point RXFConfig(embedding=...) "
                 f"at the module that embeds this model's inputs (and compile the wrapped model, "
-                f"not a part of it: compiled code ignores hooks added later)."
+                f"not a part of it: compiled code ignores hooks added later). A forward given "
+                f"inputs_embeds instead of token ids bypasses the embedding: pass the ids."
             )
         stats: dict[str, Any] = {
             "mode": mode,
@@ -468,4 +478,5 @@ def unwrap(model: nn.Module) -> nn.Module:
             f"rxf.unwrap expects a model returned by rxf.wrap, got {type(model).__name__}"
         )
     bake_r4f(r4f_linears(model.module))  # copies made since wrap() too (PEFT)
+    model._unwrapped = True
     return model.module

@@ -517,3 +517,65 @@ def test_shared_dropout_masks_leave_only_the_noise_in_the_term(batch) -> None:
     torch.testing.assert_close(seen[1], noisy)
     expected = two_direction_kl(clean, noisy).float()
     torch.testing.assert_close(model.consistency_loss.detach(), expected, rtol=1e-5, atol=1e-7)
+
+
+# --- found by a new-user review: more silent cases -----------------------------------------
+
+
+class SqueezedRegressor(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(10, 8)
+        self.head = nn.Linear(8, 1)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed_tokens(input_ids).mean(1)).squeeze(-1)  # (batch,)
+
+
+def test_one_value_per_example_gets_the_real_valued_divergence() -> None:
+    torch.manual_seed(0)
+    net = SqueezedRegressor()
+    seen: list[torch.Tensor] = []
+    net.register_forward_hook(lambda m, a, out: seen.append(out.detach()))
+    model = rxf.wrap(net, eps=1.0)
+    model(torch.randint(0, 10, (4, 5)))
+    stats = model.last_stats
+    assert stats["divergence_name"] == "mse" and stats["positions"] == 4
+    clean, noisy = seen
+    torch.testing.assert_close(model.consistency_loss.detach(), ((clean - noisy) ** 2).mean())
+
+
+def test_a_wrapper_undone_by_unwrap_refuses_to_run(tiny, batch) -> None:
+    model = rxf.wrap(tiny, eps=0.1, spectral_norm_head=True)
+    model(**batch)["loss"].backward()
+    plain = rxf.unwrap(model)
+    with pytest.raises(RXFError, match=r"undone by rxf.unwrap.*wrap it again"):
+        model(**batch)
+    with pytest.raises(RXFError, match="undone by rxf.unwrap"):
+        rxf.explain(model)
+    rxf.wrap(plain, eps=0.1)(**batch)  # wrapping again works
+
+
+def test_a_wrong_head_path_is_an_error_also_without_r4f() -> None:
+    with pytest.raises(RXFError, match=r"RXFConfig.head='clasifier'.*Did you mean 'classifier'"):
+        rxf.wrap(TinyClassifier(), head="clasifier")
+
+
+def test_a_noise_of_the_wrong_shape_names_the_sampler(batch) -> None:
+    class Plugin:
+        @rxf.hookimpl
+        def rxf_register_noise_types(self) -> dict:
+            def flat(embeddings: torch.Tensor, eps: float) -> torch.Tensor:
+                return torch.zeros(3)
+
+            return {"test_flat": flat}
+
+    pm = rxf.plugin_manager()
+    plugin = Plugin()
+    pm.register(plugin)
+    try:
+        model = rxf.wrap(TinyClassifier(), noise_type="test_flat")
+        with pytest.raises(RXFError, match=r"'flat' returned \(3,\) for embeddings of shape"):
+            model(**batch)
+    finally:
+        pm.unregister(plugin)
