@@ -478,5 +478,5 @@ def unwrap(model: nn.Module) -> nn.Module:
             f"rxf.unwrap expects a model returned by rxf.wrap, got {type(model).__name__}"
         )
     bake_r4f(r4f_linears(model.module))  # copies made since wrap() too (PEFT)
-    model._unwrapped = True
+    model.__dict__["_unwrapped"] = True
     return model.module
