@@ -189,7 +189,7 @@ class RXFModel(nn.Module):
             RXFError: no noise reached the model, no logits found, another hook perturbs the
                 embedding, or a combination rxf refuses (see docs/distributed.md).
         """
-        if self.__dict__.get("_unwrapped"):
+        if self.training and self.__dict__.get("_unwrapped"):  # eval: a plain forward
             raise RXFError(
                 "this wrapper was undone by rxf.unwrap (R4F baked out, the model handed back), "
                 "so it no longer regularizes as configured. Train the model rxf.unwrap "

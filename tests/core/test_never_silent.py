@@ -553,6 +553,9 @@ def test_a_wrapper_undone_by_unwrap_refuses_to_run(tiny, batch) -> None:
         model(**batch)
     with pytest.raises(RXFError, match="undone by rxf.unwrap"):
         rxf.explain(model)
+    model.eval()
+    torch.testing.assert_close(model(**batch)["logits"], plain.eval()(**batch)["logits"])
+    plain.train()
     rxf.wrap(plain, eps=0.1)(**batch)  # wrapping again works
 
 
