@@ -9,7 +9,7 @@ The model's own loss must cover the clean half only. rxf passes ``labels`` as
 ``cat([labels, full_like(labels, -100)])``: every loss that ignores the index -100 (PyTorch's
 ``cross_entropy`` default, all Hugging Face heads) then equals the clean batch's loss exactly.
 Seq2seq models that derive decoder inputs from the labels get those built from the real
-labels first (:func:`with_decoder_inputs`).
+labels first, by their adapter (the ``rxf_prepare_concat_inputs`` hook).
 """
 
 from __future__ import annotations
@@ -55,16 +55,6 @@ def _first_batched(value: Any) -> Tensor | None:
             if found is not None:
                 return found
     return None
-
-
-def with_decoder_inputs(model: nn.Module, inputs: ForwardInputs) -> ForwardInputs:
-    """``inputs`` completed by the plugins (``rxf_prepare_concat_inputs``) before doubling:
-    models that derive inputs from the labels (seq2seq teacher forcing) get them built from
-    the real labels, so masking the noisy half's labels cannot change what it reads.
-    """
-    from rxf import plugins
-
-    return plugins.prepare_concat_inputs(model, inputs)
 
 
 def double_inputs(inputs: ForwardInputs, batch: int) -> ForwardInputs:

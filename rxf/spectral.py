@@ -142,14 +142,10 @@ def bake_r4f(linears: list[nn.Linear]) -> None:
     Unlike ``remove_parametrizations`` this leaves deep copies of a layer intact: a copy
     shares its parametrized class, from which torch deletes the ``weight`` property.
     """
-    baked = []
-    for linear in linears:
-        training = linear.training
-        linear.eval()
-        with torch.no_grad():
-            weight = linear.weight.detach().clone()
-        linear.train(training)
-        baked.append((linear, weight, parametrize_list(linear).original.requires_grad))
+    baked = [
+        (linear, eval_weight(linear), parametrize_list(linear).original.requires_grad)
+        for linear in linears
+    ]
     for linear, weight, requires_grad in baked:
         plain = next(c for c in type(linear).__mro__ if not c.__name__.startswith("Parametrized"))
         del linear._modules["parametrizations"]
@@ -173,8 +169,14 @@ def baked_state_dicts(linears: list[nn.Linear]) -> Iterator[None]:
 def _bake_weight(linear: nn.Module, state: dict[str, Any], prefix: str, metadata: Any) -> None:
     for key in [k for k in state if k.startswith(prefix + "parametrizations.weight.")]:
         del state[key]
+    state[prefix + "weight"] = eval_weight(linear)
+
+
+def eval_weight(linear: nn.Module) -> Tensor:
+    """A copy of the weight ``linear`` uses in eval mode (``W / σ``, no extra power step)."""
     training = linear.training
-    linear.eval()  # the weight the layer uses at inference: no extra power step
+    linear.eval()
     with torch.no_grad():
-        state[prefix + "weight"] = cast(Tensor, linear.weight).detach().clone()
+        weight = cast(Tensor, linear.weight).detach().clone()
     linear.train(training)
+    return weight

@@ -209,14 +209,15 @@ class RXFModel(nn.Module):
             start = RNGState.capture(self._device()) if cfg.share_dropout_masks else None
             with self._watched():
                 output = self.module(*own_copies(args), **own_copies(kwargs))
-            check_ddp_reentrant(self._logits(output), self._checked)
+            clean_logits = self._logits(output)
+            check_ddp_reentrant(clean_logits, self._checked)
             with (
                 self._perturbed(inputs, cfg.detach_noisy_embedding, start) as record,
                 frozen_batchnorm_stats(self.module),
             ):
                 noisy_output = self.module(*own_copies(args), **own_copies(kwargs))
             check_distinct(output, noisy_output, type(self.module).__name__)
-            clean_logits, noisy_logits = self._logits(output), self._logits(noisy_output)
+            noisy_logits = self._logits(noisy_output)
         divergence, name, positions = self._divergence(inputs, output, clean_logits, noisy_logits)
         term = cfg.r3f_lambda * divergence
         output, added = with_term(output, term)
@@ -245,7 +246,8 @@ class RXFModel(nn.Module):
             self._batch_norms = concat.batch_norm_modules(self.module)
         concat.check_batch_independent(self._batch_norms)
         batch = concat.batch_size_of(inputs)
-        doubled = concat.double_inputs(concat.with_decoder_inputs(self.module, inputs), batch)
+        completed = plugins.prepare_concat_inputs(self.module, inputs)  # e.g. decoder inputs
+        doubled = concat.double_inputs(completed, batch)
         cfg = self.rxf_config
         with (
             self._watched(),
