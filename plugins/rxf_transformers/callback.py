@@ -6,6 +6,7 @@ import ``transformers``.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -15,7 +16,6 @@ from rxf import RXFError, RXFModel
 
 LOGGED = ("divergence", "consistency_loss", "noise_to_signal")
 TRAINING_MODES = ("two_pass", "concat", "noise_only")
-_cache: dict[str, type] = {}
 
 
 def find_rxf_model(model: Any) -> RXFModel | None:
@@ -80,11 +80,10 @@ class StatsMeter:
         return means
 
 
+@functools.cache
 def callback_class() -> type:
     """The ``RXFCallback`` class (a ``transformers.TrainerCallback``), built once."""
-    if "callback" not in _cache:
-        _cache["callback"] = _build()
-    return _cache["callback"]
+    return _build()
 
 
 def _build() -> type:

@@ -25,20 +25,18 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from rxf_transformers.trainer import trainer_class
 
 __all__ = ["sft_trainer_class"]  # and RXFSFTTrainer, built on first access
 
-_cache: dict[str, type] = {}
 
-
+@functools.cache
 def sft_trainer_class() -> type:
     """The ``RXFSFTTrainer`` class (an ``RXFTrainer`` and a ``trl.SFTTrainer``), built once."""
-    if "sft" not in _cache:
-        _cache["sft"] = _build()
-    return _cache["sft"]
+    return _build()
 
 
 def _build() -> type:

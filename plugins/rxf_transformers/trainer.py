@@ -25,6 +25,7 @@ Its ``compute_loss`` is ``Trainer``'s own, also in subclasses whose parent repla
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from rxf import IGNORE_INDEX, RXFError
@@ -32,14 +33,11 @@ from rxf.spectral import baked_state_dict, r4f_linears
 from rxf_transformers.callback import callback_class, find_rxf_model
 from rxf_transformers.families import shifts_labels
 
-_cache: dict[str, type] = {}
 
-
+@functools.cache
 def trainer_class() -> type:
     """The ``RXFTrainer`` class (a ``transformers.Trainer``), built once."""
-    if "trainer" not in _cache:
-        _cache["trainer"] = _build()
-    return _cache["trainer"]
+    return _build()
 
 
 def _build() -> type:
