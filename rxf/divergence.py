@@ -1,4 +1,4 @@
-"""Divergences between clean and noisy outputs, in float32.
+"""Divergences between clean and noisy outputs, in float32 (float64 for float64 inputs).
 
 Each divergence maps two logits tensors of shape ``(..., classes)`` to one value per
 position (shape ``(...)``); :func:`reduce_positions` turns those into the scalar term. All
@@ -28,7 +28,7 @@ class Divergence(Protocol):
 
 
 def _log_probs(logits: Tensor) -> Tensor:
-    return F.log_softmax(logits.float(), dim=-1)
+    return F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
 
 
 def _without_shared_neg_inf(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -73,7 +73,8 @@ def js_per_position(clean: Tensor, noisy: Tensor) -> Tensor:
 
 def mse_per_position(clean: Tensor, noisy: Tensor) -> Tensor:
     """Squared difference of real-valued outputs, summed over the last dimension."""
-    a, b, both = _without_shared_neg_inf(clean.float(), noisy.float())
+    work = torch.promote_types(torch.promote_types(clean.dtype, noisy.dtype), torch.float32)
+    a, b, both = _without_shared_neg_inf(clean.to(work), noisy.to(work))
     return _summed((a - b).pow(2), both)
 
 

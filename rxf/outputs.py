@@ -31,8 +31,11 @@ def loss_of(output: Any) -> Tensor | None:
     return loss if isinstance(loss, Tensor) else None
 
 
-def with_term(output: Any, term: Tensor) -> tuple[Any, bool]:
+def with_term(output: Any, term: Tensor, task_loss: Tensor | None = None) -> tuple[Any, bool]:
     """``output`` with ``term`` added to the loss it holds, and whether it held one.
+
+    ``task_loss`` replaces the held loss before the term is added (R-Drop: the two passes'
+    losses averaged).
 
     Mappings (incl. ``ModelOutput``) and objects with a settable ``loss`` are updated in
     place; frozen dataclasses, named tuples, tuples and lists are rebuilt.
@@ -43,7 +46,7 @@ def with_term(output: Any, term: Tensor) -> tuple[Any, bool]:
     loss = loss_of(output)
     if loss is None:
         return output, False
-    total = loss + term
+    total = (loss if task_loss is None else task_loss) + term
     if isinstance(output, MutableMapping):
         output["loss"] = total
     elif isinstance(output, tuple) and hasattr(output, "_replace"):

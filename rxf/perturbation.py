@@ -38,7 +38,8 @@ class PerturbationRecord:
 
 
 def add_noise(output: Tensor, noise: Tensor, detach: bool) -> Tensor:
-    """``output (+ detached) + noise``, added in float32 and cast back to ``output``'s dtype.
+    """``output (+ detached) + noise``, added in float32 (float64 for float64 outputs) and
+    cast back to ``output``'s dtype.
 
     With ``detach`` no gradient reaches ``output``'s producer through the result, but the
     result still requires grad whenever ``output`` does: a reentrant activation checkpoint
@@ -58,7 +59,8 @@ def add_noise(output: Tensor, noise: Tensor, detach: bool) -> Tensor:
         (True, True)
     """
     base = output.detach() if detach else output
-    noisy = base + noise if base.dtype == torch.float32 else (base.float() + noise).to(base.dtype)
+    work = torch.promote_types(base.dtype, torch.float32)
+    noisy = base + noise if base.dtype == work else (base.to(work) + noise).to(base.dtype)
     if detach and output.requires_grad and torch.is_grad_enabled():
         noisy.requires_grad_(True)  # a leaf: the gradient stops here, the graph does not
     return noisy

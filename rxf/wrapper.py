@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from rxf import concat, plugins, signatures
+from rxf.adversarial import AdversarialPerturbation
 from rxf.batchnorm import frozen_batchnorm_stats
 from rxf.checkpointing import check_ddp_reentrant
 from rxf.config import RXFConfig
@@ -22,7 +23,7 @@ from rxf.divergence import reduce_positions
 from rxf.errors import RXFError, RXFPrecisionWarning, RXFUnusedTermWarning
 from rxf.foreign_hooks import probe_other_hooks, watch_other_hooks
 from rxf.inputs import ForwardInputs
-from rxf.noise import declared_extras, lengths_from_starts
+from rxf.noise import NoiseSampler, declared_extras, lengths_from_starts
 from rxf.outputs import check_distinct, loss_of, own_copies, with_term
 from rxf.perturbation import PerturbationRecord, perturb
 from rxf.precision import precision_warning
@@ -75,6 +76,8 @@ class RXFModel(nn.Module):
         self._checked: dict[str, int] = {}
         self._term: Tensor = torch.zeros(())
         self._term_consumed = True
+        self._second: Any = None  # R-Drop: the second pass's output of the last forward
+        self._second_consumed = True
         self._stats: dict[str, Any] = {"mode": "none"}
         # each tied parameter is stored once, under its first name (see rxf.state)
         self._register_state_dict_hook(drop_tied_aliases)
@@ -93,6 +96,15 @@ class RXFModel(nn.Module):
         self._term_consumed = True
         return self._term
 
+    @property
+    def second_output(self) -> Any:
+        """``method="rdrop"``: the second pass's output of the last training forward (with
+        its graph), for a task loss computed outside the model: R-Drop's loss is
+        ``½·(L(out) + L(model.second_output)) + model.consistency_loss``. ``None`` for the
+        other methods and in eval mode. Reading it counts as using it."""
+        self._second_consumed = True
+        return self._second
+
     def _set_term(self, term: Tensor, consumed: bool) -> None:
         self._term, self._term_consumed = term, consumed
         if term.requires_grad and not torch.compiler.is_compiling():
@@ -107,6 +119,16 @@ class RXFModel(nn.Module):
             term.register_hook(release)
 
     def _check_unused_term(self) -> None:
+        if not self._second_consumed and not self._warned_unused:
+            self._warned_unused = True
+            warnings.warn(
+                "method='rdrop': the model returned no loss and model.second_output was not "
+                "read, so the last step's task loss covered one of R-Drop's two passes. "
+                "Compute it on both: loss = (my_loss(out, y) + my_loss(model.second_output, "
+                "y)) / 2 + model.consistency_loss.",
+                RXFUnusedTermWarning,
+                stacklevel=4,
+            )
         if self._term_consumed or self._warned_unused or not self._term.requires_grad:
             return
         self._warned_unused = True
@@ -152,6 +174,7 @@ class RXFModel(nn.Module):
         state = self.__dict__.copy()
         state.pop("forward", None)
         state["_term"] = self._term.detach()
+        state["_second"] = None
         return state
 
     def __getattr__(self, name: str) -> Any:
@@ -203,6 +226,8 @@ class RXFModel(nn.Module):
         if cfg.r3f_lambda == 0:
             return self._single_pass(args, kwargs, noisy=True, mode="noise_only")
         inputs = ForwardInputs(args, kwargs)
+        extra: dict[str, Any] = {}
+        self._second, self._second_consumed = None, True
         if cfg.mode == "concat":
             output, clean_logits, noisy_logits, record = self._concat_pass(inputs)
         else:
@@ -211,16 +236,23 @@ class RXFModel(nn.Module):
                 output = self.module(*own_copies(args), **own_copies(kwargs))
             clean_logits = self._logits(output)
             check_ddp_reentrant(clean_logits, self._checked)
+            sampler = None
+            if cfg.method == "smart":
+                ascent = self._ascend(inputs, output, clean_logits)
+                sampler, extra["perturbation_to_eps"] = ascent.fixed(), ascent.size()
             with (
-                self._perturbed(inputs, cfg.detach_noisy_embedding, start) as record,
+                self._perturbed(inputs, cfg.detach_noisy_embedding, start, sampler) as record,
                 frozen_batchnorm_stats(self.module),
             ):
                 noisy_output = self.module(*own_copies(args), **own_copies(kwargs))
             check_distinct(output, noisy_output, type(self.module).__name__)
             noisy_logits = self._logits(noisy_output)
         divergence, name, positions = self._divergence(inputs, output, clean_logits, noisy_logits)
-        term = cfg.r3f_lambda * divergence
-        output, added = with_term(output, term)
+        if cfg.method == "rdrop":
+            output, term, added = self._rdrop_loss(output, noisy_output, divergence)
+        else:
+            term = cfg.r3f_lambda * divergence
+            output, added = with_term(output, term)
         self._set_term(term, consumed=added)
         self._record(
             cfg.mode,
@@ -228,8 +260,71 @@ class RXFModel(nn.Module):
             divergence=divergence.detach(),
             divergence_name=name,
             positions=positions,
+            **extra,
         )
         return output
+
+    def _rdrop_loss(self, output: Any, second: Any, divergence: Tensor) -> tuple[Any, Tensor, bool]:
+        """R-Drop (Liang et al., 2021, Eq. 3) halved: ``½(L₁ + L₂) + (α/2)·L_KL`` with
+        ``L_KL = ½·D`` (D: the divergence, KL(P₁‖P₂) + KL(P₂‖P₁) by default); the term is
+        ``(α/4)·D``. The model's own loss of both passes is averaged into the returned loss;
+        without one, ``second_output`` is kept for the caller's loss."""
+        term = self.rxf_config.r3f_lambda * divergence / 4
+        first_loss, second_loss = loss_of(output), loss_of(second)
+        if (first_loss is None) != (second_loss is None):
+            raise RXFError(
+                f"method='rdrop': {type(self.module).__name__} returned a loss from one pass "
+                f"only; R-Drop averages the task loss of both passes. Return a loss from every "
+                f"training forward, or none (and compute it on out and model.second_output)."
+            )
+        if first_loss is None or second_loss is None:
+            self._second, self._second_consumed = second, False
+            return output, term, False
+        output, added = with_term(output, term, task_loss=0.5 * (first_loss + second_loss))
+        return output, term, added
+
+    def _ascend(
+        self, inputs: ForwardInputs, clean: Any, clean_logits: Tensor
+    ) -> AdversarialPerturbation:
+        """SMART's ascent (:mod:`rxf.adversarial`): ``smart_steps`` passes, each followed by
+        the divergence's gradient w.r.t. the perturbation only (no parameter gradient, so no
+        DDP reduction) and a projected step."""
+        cfg = self.rxf_config
+        ascent = AdversarialPerturbation(
+            self._sampler,
+            cfg.smart_init_std,
+            eps=cfg.eps,
+            step_size=cfg.smart_step_size,
+            norm=cfg.smart_norm,
+            level=cfg.smart_norm_level,
+        )
+        target = clean_logits.detach()
+        args, kwargs = inputs.args, inputs.kwargs
+        with torch.enable_grad():
+            for _ in range(cfg.smart_steps):
+                with (
+                    self._perturbed(inputs, True, None, ascent.sampler()) as record,
+                    frozen_batchnorm_stats(self.module),
+                ):
+                    ascent_output = self.module(*own_copies(args), **own_copies(kwargs))
+                self._check_called(record)
+                ascent.end_pass()
+                value = self._divergence(inputs, clean, target, self._logits(ascent_output))[0]
+                try:
+                    grads = torch.autograd.grad(value, ascent.deltas, allow_unused=True)
+                except RuntimeError as exc:
+                    if "heckpoint" not in str(exc):
+                        raise
+                    raise RXFError(
+                        "method='smart' takes the gradient w.r.t. the perturbation alone "
+                        "(torch.autograd.grad), which reentrant activation checkpointing does "
+                        "not support. Use non-reentrant checkpointing: "
+                        "model.gradient_checkpointing_enable(gradient_checkpointing_kwargs="
+                        "{'use_reentrant': False}) or torch.utils.checkpoint(..., "
+                        "use_reentrant=False)."
+                    ) from exc
+                ascent.step(grads)
+        return ascent
 
     def _device(self) -> torch.device:
         weight = next(iter(self.rxf_targets.embedding.parameters()), None)
@@ -294,7 +389,7 @@ class RXFModel(nn.Module):
     ) -> Any:
         self._set_term(torch.zeros((), device=self._device()), consumed=True)
         if not noisy:
-            self._stats = {"mode": mode, "consistency_loss": 0.0}
+            self._stats = {"method": self.rxf_config.method, "mode": mode, "consistency_loss": 0.0}
             return self.module(*args, **kwargs)
         # the noisy pass is the only (training) pass here: never detach, or the embedding
         # would get no gradient at all (NEFTune, too, trains through its noisy embeddings)
@@ -305,11 +400,21 @@ class RXFModel(nn.Module):
 
     @contextlib.contextmanager
     def _perturbed(
-        self, inputs: ForwardInputs, detach: bool, replay: RNGState | None = None
+        self,
+        inputs: ForwardInputs,
+        detach: bool,
+        replay: RNGState | None = None,
+        sampler: NoiseSampler | None = None,
     ) -> Iterator[PerturbationRecord]:
         """The noisy pass's scope: other hooks watched, noise on the embedding calls; with
-        ``replay`` the RNG rewinds to it (same dropout masks) and the noise is drawn aside."""
-        sampler = self._sampler
+        ``replay`` the RNG rewinds to it (same dropout masks) and the noise is drawn aside.
+        ``sampler`` replaces the configured noise (SMART's perturbation); with
+        ``method="rdrop"`` nothing is added (the second pass is a plain dropout pass)."""
+        if self.rxf_config.method == "rdrop":
+            with self._watched():
+                yield PerturbationRecord()
+            return
+        sampler = sampler or self._sampler
         with contextlib.ExitStack() as stack:
             if replay is not None:
                 draw = stack.enter_context(replayed_stream(self._device(), replay))
@@ -366,8 +471,8 @@ class RXFModel(nn.Module):
         value = reduce_positions(per_position, mask, cfg.token_reduction)
         return value, name, positions
 
-    def _record(self, mode: str, record: PerturbationRecord, **extra: Any) -> None:
-        if record.calls == 0:
+    def _check_called(self, record: PerturbationRecord) -> None:
+        if record.calls == 0 and self.rxf_config.method != "rdrop":
             raise RXFError(
                 f"the embedding module {self.rxf_targets.embedding_name!r} was not called during "
                 f"the noisy pass, so no noise reached the model; point RXFConfig(embedding=...) "
@@ -375,12 +480,14 @@ class RXFModel(nn.Module):
                 f"not a part of it: compiled code ignores hooks added later). A forward given "
                 f"inputs_embeds instead of token ids bypasses the embedding: pass the ids."
             )
-        stats: dict[str, Any] = {
-            "mode": mode,
-            "embedding_dtype": str(record.dtype),
-            "embedding_calls": record.calls,
-            "perturbed_calls": record.perturbed,
-        }
+
+    def _record(self, mode: str, record: PerturbationRecord, **extra: Any) -> None:
+        self._check_called(record)
+        stats: dict[str, Any] = {"method": self.rxf_config.method, "mode": mode}
+        if self.rxf_config.method != "rdrop":  # R-Drop's passes have no noise
+            stats["embedding_dtype"] = str(record.dtype)
+            stats["embedding_calls"] = record.calls
+            stats["perturbed_calls"] = record.perturbed
         if record.signal_rms is not None and record.noise_rms is not None:
             stats["_levels"] = (record.noise_rms, record.signal_rms)
             self._check_precision(record)
