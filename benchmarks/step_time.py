@@ -1,5 +1,9 @@
 """Per-step cost of rxf against a plain step, a hand-written R3F loop, SMART and NEFTune.
 
+Rows: plain steps; R3F written out by hand; rxf's R3F (two-pass, concat), noise-only and
+NEFTune; transformers' NEFTune hook; rxf's R-Drop and SMART (K = 1, 2 ascent steps) presets;
+smart-pytorch's ``SMARTLoss`` at the same K.
+
 Every variant trains the same BERT-style classifier (built from a config, no downloads) on
 the same random batch. Steps of all variants are interleaved (a rotating order in every
 repetition), so a slow moment of the machine hits them alike; the table shows medians, and
@@ -35,6 +39,8 @@ from torch.utils._pytree import tree_leaves
 import rxf
 
 EPS, LAMBDA, NEFTUNE_ALPHA = 1e-5, 1.0, 5.0
+SMART_STEP_SIZE, SMART_INIT_STD = 1e-3, 1e-5  # eta and sigma, rxf's preset = smart-pytorch's
+SMART_STEPS = (1, 2)  # K, the ascent steps, for rxf SMART and smart-pytorch alike
 SIZES = {
     "tiny": dict(
         hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512
@@ -44,6 +50,15 @@ SIZES = {
     ),
 }
 Step = Callable[[], None]
+#: (row, reference row, target ratio or None): paired ratios printed under each table
+COMPARISONS = [
+    ("rxf R3F two-pass", "hand-written R3F", 1.03),
+    ("rxf R-Drop", "rxf R3F two-pass", 1.03),
+    *(
+        (f"rxf SMART K={k}", f"SMART (smart-pytorch) K={k}", 0.9 if k == 1 else None)
+        for k in SMART_STEPS
+    ),
+]
 
 
 @dataclass
@@ -127,9 +142,23 @@ def variants(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str
         wrapped = rxf.wrap(model, **cfg)
         steps[name] = train(lambda w=wrapped: w(**batch).loss)
     steps["transformers NEFTune"] = _neftune_step(model, batch, train)
-    smart = _smart_step(model, batch, inputs, train)
-    if smart is not None:
-        steps["SMART (smart-pytorch)"] = smart
+    presets = {"rxf R-Drop": rxf.RXFConfig.preset("rdrop", r3f_lambda=LAMBDA)}
+    for k in SMART_STEPS:
+        presets[f"rxf SMART K={k}"] = rxf.RXFConfig.preset(
+            "smart",
+            eps=EPS,
+            r3f_lambda=LAMBDA,
+            smart_init_std=SMART_INIT_STD,
+            smart_step_size=SMART_STEP_SIZE,
+            smart_steps=k,
+        )
+    for name, config in presets.items():
+        wrapped = rxf.wrap(model, config)
+        steps[name] = train(lambda w=wrapped: w(**batch).loss)
+    for k in SMART_STEPS:
+        smart = _smart_step(model, batch, inputs, train, num_steps=k)
+        if smart is not None:
+            steps[f"SMART (smart-pytorch) K={k}"] = smart
     return steps
 
 
@@ -158,8 +187,15 @@ def _smart_step(
     batch: dict[str, torch.Tensor],
     inputs: dict[str, torch.Tensor],
     train: Callable[[Callable[[], torch.Tensor]], Step],
+    num_steps: int = 1,
 ) -> Step | None:
-    """smart-pytorch's README recipe: one ascent step on the embedding perturbation."""
+    """smart-pytorch's README recipe, ``num_steps`` ascent steps on the perturbation of the
+    token-embedding output (where rxf perturbs): the lookup runs once, its output is the
+    clean pass's ``inputs_embeds`` and ``SMARTLoss``'s ``embed``; ``eval_fn`` is the model
+    on ``inputs_embeds``, ``kl_loss`` inside the ascent, ``sym_kl_loss`` last, weight
+    ``LAMBDA``. Its ``step_size`` and ``noise_var`` (the standard deviation of the initial
+    noise) are rxf's eta and sigma; its ``epsilon`` is only a stabiliser of the
+    normalisation (it has no projection radius), left at its default."""
     try:
         from smart_pytorch import SMARTLoss, kl_loss, sym_kl_loss
     except ImportError:
@@ -170,6 +206,9 @@ def _smart_step(
         eval_fn=lambda e: model(inputs_embeds=e, attention_mask=mask).logits,
         loss_fn=kl_loss,
         loss_last_fn=sym_kl_loss,
+        num_steps=num_steps,
+        step_size=SMART_STEP_SIZE,
+        noise_var=SMART_INIT_STD,
     )
 
     def loss() -> torch.Tensor:
@@ -304,6 +343,13 @@ def report(setting: Setting, times: dict[str, list[float]], memory: dict[str, fl
             f"{paired_ratio(times[name], times['hand-written R3F']):.3f} | "
             f"{'n/a' if mem is None else f'{mem:.1f}'} |"
         )
+    pairs = [c for c in COMPARISONS if c[0] in times and c[1] in times]
+    if pairs:
+        lines += ["", "| paired ratio | median | target |", "|---|---:|---|"]
+    for name, reference, target in pairs:
+        ratio = paired_ratio(times[name], times[reference])
+        verdict = "" if target is None else f"≤ {target} {'✓' if ratio <= target else '✗'}"
+        lines.append(f"| {name} × {reference} | {ratio:.3f} | {verdict} |")
     return "\n".join(lines)
 
 

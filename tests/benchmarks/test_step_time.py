@@ -45,6 +45,7 @@ def test_peak_tracker_counts_live_storage(step_time) -> None:
 
 
 def test_benchmark_runs_end_to_end(step_time, capsys: pytest.CaptureFixture[str]) -> None:
+    torch.set_num_threads(1)
     step_time.main(["--sizes", "tiny", "--reps", "2", "--batch", "2", "--seq", "8"])
     out = capsys.readouterr().out
     for name in (
@@ -54,9 +55,44 @@ def test_benchmark_runs_end_to_end(step_time, capsys: pytest.CaptureFixture[str]
         "| rxf R3F concat |",
         "| rxf noise-only (λ=0) |",
         "| transformers NEFTune |",
+        "| rxf R-Drop |",
+        "| rxf SMART K=1 |",
+        "| rxf SMART K=2 |",
+        "| rxf R-Drop × rxf R3F two-pass |",
     ):
         assert name in out, name
-    # SMART needs the optional `bench` extra (smart-pytorch); without it the row is absent
+    # SMART needs the optional `bench` extra (smart-pytorch); without it the rows are absent
     has_smart = importlib.util.find_spec("smart_pytorch") is not None
-    assert ("| SMART (smart-pytorch) |" in out) == has_smart
+    for name in (
+        "| SMART (smart-pytorch) K=1 |",
+        "| SMART (smart-pytorch) K=2 |",
+        "| rxf SMART K=1 × SMART (smart-pytorch) K=1 |",
+    ):
+        assert (name in out) == has_smart, name
     assert "import rxf:" in out
+
+
+def test_new_rows_train_the_model_with_their_method(step_time) -> None:
+    """The R-Drop and SMART rows are real steps of their methods: each moves the
+    parameters and runs its method's forwards per step (R-Drop 2, SMART 2 + K for rxf and
+    smart-pytorch alike)."""
+    torch.set_num_threads(1)
+    model = step_time.build_model("tiny", torch.device("cpu"))
+    batch = step_time.make_batch(2, 8, torch.device("cpu"))
+    steps = step_time.variants(model, batch)
+    passes = {"rxf R-Drop": 2, "rxf SMART K=1": 3, "rxf SMART K=2": 4}
+    if importlib.util.find_spec("smart_pytorch") is not None:
+        passes |= {"SMART (smart-pytorch) K=1": 3, "SMART (smart-pytorch) K=2": 4}
+    weight = model.get_input_embeddings().weight
+    calls: list[int] = []
+    handle = model.bert.encoder.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        for name, expected in passes.items():
+            before = weight.detach().clone()
+            calls.clear()
+            with step_time._quiet():
+                steps[name]()
+            assert len(calls) == expected, name
+            assert not torch.equal(before, weight.detach()), name  # the SGD step moved it
+    finally:
+        handle.remove()
