@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import re
 from pathlib import Path
 from typing import Any
 
+import pytest
+import torch
+
 from rxf import hookspecs
-from rxf.config import RXFConfig
+from rxf.config import PRESETS, RXFConfig
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -66,3 +70,36 @@ def test_ci_runs_the_readme_commands() -> None:
     assert install.startswith('pip install -e ".[all,test]"')
     assert 'pip install -e ".[all,test]"' in ci
     assert tests in ci, f"CI must run the README's test command {tests!r}"
+
+
+METHOD_PAGES = ("index.md", "r3f.md", "rdrop.md", "smart.md", "neftune.md")
+PRESET_PAGES = {"r3f": "r3f.md", "r4f": "r3f.md", "rdrop": "rdrop.md", "neftune": "neftune.md"}
+
+
+def test_each_method_page_is_in_the_nav_and_linked_from_the_readme() -> None:
+    root = DOCS.parent
+    readme, nav = (root / "README.md").read_text(), (root / "mkdocs.yml").read_text()
+    for page in METHOD_PAGES:
+        assert (DOCS / "methods" / page).read_text().startswith("# "), page
+        assert f"methods/{page}" in nav, f"mkdocs.yml nav lacks methods/{page}"
+        assert f"(docs/methods/{page})" in readme, f"README.md does not link docs/methods/{page}"
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_each_preset_is_documented_with_every_field_it_sets(name: str) -> None:
+    text = (DOCS / "methods" / PRESET_PAGES.get(name, f"{name}.md")).read_text()
+    assert f'RXFConfig.preset("{name}")' in text
+    for field in PRESETS[name]:
+        assert f"`{field}" in text, f"docs/methods: preset {name!r} sets {field!r}, undocumented"
+
+
+@pytest.mark.parametrize("page", METHOD_PAGES)
+def test_the_method_pages_examples_run(page: str) -> None:
+    """Every ``python`` block of docs/methods/ runs as written (tiny models, no downloads)."""
+    blocks = re.findall(r"```python\n(.*?)```", (DOCS / "methods" / page).read_text(), re.S)
+    for number, block in enumerate(blocks, 1):
+        if "from transformers" in block:
+            pytest.importorskip("transformers")
+        torch.manual_seed(0)
+        code = compile(block, f"docs/methods/{page} (example {number})", "exec")
+        exec(code, {"__name__": f"docs_methods_example_{number}"})
