@@ -75,6 +75,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     explain.add_argument("--num-labels", type=int, default=2, help="classes of the head")
     explain.add_argument("--r4f", action="store_true", help="also show the R4F head")
+    explain.add_argument(
+        "--method",
+        choices=["r3f", "r4f", "rdrop", "neftune", "smart"],
+        default="r3f",
+        help="show the settings of this preset (RXFConfig.preset; default: r3f)",
+    )
     return parser
 
 
@@ -96,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "explain":
             from rxf_runner.models import explain_model
 
-            print(explain_model(args.model, args.num_labels, args.r4f))
+            print(explain_model(args.model, args.num_labels, args.r4f, args.method))
             return 0
         return _run_study(args)
     except RXFError as exc:  # config and model errors: one clear message, no traceback

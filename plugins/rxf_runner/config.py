@@ -8,10 +8,13 @@ Example:
     >>> cfg = FinetuneConfig.model_validate({"train": {"epochs": 2}, "seeds": 2})
     >>> cfg.model.name, cfg.train.epochs, cfg.seeds, cfg.methods
     ('minilm', 2, [0, 1], ['standard', 'r3f', 'rdrop', 'r3f_shared_dropout'])
+    >>> method_config("rdrop", cfg.rxf, {}).eps  # R-Drop: no noise, whatever rxf.eps says
+    0.0
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +22,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -38,7 +42,17 @@ DIAGNOSIS = (
     "eps where the noise makes at least 10% of it (17-20%), moving the clean loss by 0.2%"
 )
 
-Method = Literal["standard", "r3f", "r4f", "rdrop", "r3f_shared_dropout"]
+Method = Literal["standard", "r3f", "r4f", "rdrop", "neftune", "smart", "r3f_shared_dropout"]
+#: Fields of the ``rxf:`` section a method does not take: its preset's own (docs/cli.md).
+PRESET_OWN = {
+    "rdrop": {"eps", "noise_type"},  # no noise (eps = 0); r3f_lambda is R-Drop's alpha
+    "neftune": {"eps", "noise_type", "r3f_lambda"},  # NEFTune's alpha, its noise, one pass
+    "smart": {"eps", "noise_type", "detach_noisy_embedding"},  # SMART's ball and start
+}
+PER_METHOD = (
+    "RXFConfig fields for one method, over its preset and rxf:, e.g. {smart: {smart_steps: 2}, "
+    "neftune: {eps: 10}}; keys must be listed in methods."
+)
 _STRICT = ConfigDict(frozen=True, extra="forbid", validate_default=True)
 
 
@@ -76,6 +90,48 @@ def _no_spectral_switch(value: Any) -> Any:
         raise ValueError(
             "spectral_norm_head is chosen by the method: list 'r4f' in methods instead"
         )
+    if isinstance(value, dict) and value.get("method", "r3f") != "r3f":
+        raise ValueError(f"method is chosen by `methods:`: list {value['method']!r} there")
+    return value
+
+
+def method_config(
+    method: str, rxf: RXFConfig, per_method: Mapping[Any, Mapping[str, Any]]
+) -> RXFConfig | None:
+    """The wrapper's config for ``method`` (``None``: ``standard``, not wrapped): its preset
+    (``RXFConfig.preset``), then the fields set in ``rxf:`` except the preset's own
+    (:data:`PRESET_OWN`), then ``per_method[method]``."""
+    if method == "standard":
+        return None
+    drop = PRESET_OWN.get(method, set()) | {"method", "spectral_norm_head"}
+    fields = {k: v for k, v in rxf.model_dump(exclude_unset=True).items() if k not in drop}
+    if method == "r3f_shared_dropout":
+        fields["share_dropout_masks"] = True
+    preset = "r3f" if method == "r3f_shared_dropout" else method
+    return RXFConfig.preset(preset, **{**fields, **per_method.get(method, {})})
+
+
+def _methods_resolve(value: dict[str, dict[str, Any]], info: ValidationInfo) -> Any:
+    """``per_method`` names listed methods only, and every listed method's config is valid."""
+    methods, rxf = info.data.get("methods"), info.data.get("rxf")
+    if methods is None or rxf is None:
+        return value
+    for name, fields in value.items():
+        if name not in methods or name == "standard":
+            raise ValueError(f"per_method.{name}: {name!r} is not a wrapped method in {methods}")
+        _no_spectral_switch(fields)
+    for name in methods:
+        try:
+            if (config := method_config(name, rxf, value)) is not None:
+                _usable(config)
+        except ValidationError as exc:
+            message = "; ".join(
+                "".join(f"{p}: " for p in e["loc"]) + e["msg"].removeprefix("Value error, ")
+                for e in exc.errors()
+            )
+            raise ValueError(f"method {name!r} with these rxf settings: {message}") from None
+        except ValueError as exc:
+            raise ValueError(f"method {name!r} with these rxf settings: {exc}") from None
     return value
 
 
@@ -358,10 +414,12 @@ class FinetuneConfig(BaseModel):
     methods: list[Method] = Field(
         ["standard", "r3f", "rdrop", "r3f_shared_dropout"],
         min_length=1,
-        description="Any subset of 'standard' (plain fine-tuning), 'r3f', 'r4f' (R3F + "
-        "spectral norm on the head), 'rdrop' (eps = 0: dropout consistency only) and "
-        "'r3f_shared_dropout' (R3F whose noisy pass reuses the clean pass's dropout masks: "
-        "the term measures the noise alone). Each is compared with 'standard' seed by seed.",
+        description="Any subset of 'standard' (plain fine-tuning), the presets of "
+        "RXFConfig.preset: 'r3f', 'r4f' (R3F + spectral norm on the head), 'rdrop' (R-Drop: "
+        "two dropout passes, no noise, both task losses averaged), 'neftune' (noise only), "
+        "'smart' (SMART's adversarial term), and 'r3f_shared_dropout' (R3F whose noisy pass "
+        "reuses the clean pass's dropout masks: the term measures the noise alone). Each is "
+        "compared with 'standard' seed by seed.",
     )
     seeds: list[int] = Field(
         [0, 1, 2, 3],
@@ -371,10 +429,13 @@ class FinetuneConfig(BaseModel):
     )
     rxf: RXFConfig = Field(
         default_factory=lambda: RXFConfig(eps=DIAGNOSED_EPS),
-        description="R3F/R4F settings (the fields of RXFConfig); spectral_norm_head is set by "
-        "the method. The default eps=0.1 is the one `rxf diagnose` recommends on the "
-        "embedded default (see docs/diagnose.md); the paper's is 1e-5.",
+        description="Settings of the wrapped methods (the fields of RXFConfig) over their "
+        "presets; method and spectral_norm_head are set by the method, and rdrop, neftune and "
+        "smart keep their presets' own fields (docs/cli.md). The default eps=0.1 is the one "
+        "`rxf diagnose` recommends for R3F on the embedded default (docs/diagnose.md); the "
+        "paper's is 1e-5.",
     )
+    per_method: dict[Method, dict[str, Any]] = Field({}, description=PER_METHOD)
     output: Path = Field(Path("rxf-results"), description="Folder for runs, table and plots.")
     diagnose: DiagnoseSettings = Field(
         default_factory=DiagnoseSettings,
@@ -385,6 +446,7 @@ class FinetuneConfig(BaseModel):
     _distinct = field_validator("methods", "seeds")(_no_repeats)
     _rxf = field_validator("rxf", mode="before")(_no_spectral_switch)
     _registered = field_validator("rxf")(_usable)
+    _resolved = field_validator("per_method")(_methods_resolve)
     _output = model_validator(mode="before")(_output_in_config_folder)
 
     @model_validator(mode="after")
@@ -455,13 +517,17 @@ class ProbeConfig(BaseModel):
         ["standard", "r3f", "r4f"], min_length=1, description="Methods compared."
     )
     seeds: list[int] = Field([0, 1], min_length=1, description="Seeds (or a count).")
-    rxf: RXFConfig = Field(default_factory=RXFConfig, description="R3F/R4F settings.")
+    rxf: RXFConfig = Field(
+        default_factory=RXFConfig, description="Settings of the wrapped methods (as finetune)."
+    )
+    per_method: dict[Method, dict[str, Any]] = Field({}, description=PER_METHOD)
     output: Path = Field(Path("rxf-probe"), description="Folder for the table and runs.")
 
     _seeds = field_validator("seeds", mode="before")(_seed_list)
     _distinct = field_validator("methods", "seeds")(_no_repeats)
     _rxf = field_validator("rxf", mode="before")(_no_spectral_switch)
     _registered = field_validator("rxf")(_usable)
+    _resolved = field_validator("per_method")(_methods_resolve)
     _output = model_validator(mode="before")(_output_in_config_folder)
 
     @model_validator(mode="after")

@@ -18,7 +18,7 @@ import torch
 import rxf
 from rxf_runner import data, models, report, store, train
 from rxf_runner import plots as plotting
-from rxf_runner.config import DIAGNOSIS, FinetuneConfig
+from rxf_runner.config import DIAGNOSIS, FinetuneConfig, method_config
 from rxf_runner.store import RunStore
 
 BUILTIN_SOURCES = {
@@ -47,6 +47,7 @@ def fingerprint(cfg: FinetuneConfig) -> dict[str, Any]:
         else None,
     }
     dump["software"] = store.software()
+    dump["methods_revision"] = 2  # 2 (issue 13): 'rdrop' is R-Drop, not R3F at eps=0
     return dump
 
 
@@ -106,7 +107,9 @@ def run(
                 results.append(saved)
                 continue
             tic = time.perf_counter()
-            task, module = train.prepare(cfg.model, num_labels, method, seed, cfg.rxf)
+            task, module = train.prepare(
+                cfg.model, num_labels, method, seed, cfg.rxf, cfg.per_method
+            )
             result = train.fit(
                 task,
                 module,
@@ -156,8 +159,17 @@ def _show_targets(cfg: FinetuneConfig, num_labels: int, out: TextIO) -> None:
         return
     train.seed_everything(0)
     task = models.build(cfg.model, num_labels)
+    first = next(m for m in cfg.methods if m != "standard")
+    config = method_config(first, cfg.rxf, cfg.per_method)
     spectral = "r4f" in cfg.methods
-    print(rxf.explain(task.module, cfg.rxf, spectral_norm_head=spectral), file=out)
+    print(rxf.explain(task.module, config, spectral_norm_head=spectral), file=out)
+
+
+def _settings(method: str, cfg: FinetuneConfig) -> str:
+    """The fields of ``method``'s config that differ from R3F's with these settings."""
+    own, r3f = method_config(method, cfg.rxf, cfg.per_method), method_config("r3f", cfg.rxf, {})
+    assert own is not None and r3f is not None
+    return ", ".join(f"{k}={v}" for k, v in own if v != getattr(r3f, k)) or "as r3f"
 
 
 def _write_outputs(
@@ -183,6 +195,7 @@ def _write_outputs(
         "rxf": f"eps={cfg.rxf.eps:g}, lambda={cfg.rxf.r3f_lambda:g}, "
         f"noise={cfg.rxf.noise_type}, divergence={cfg.rxf.divergence}"
         + (f" ({DIAGNOSIS})" if _diagnosed(cfg) else ""),
+        **{f"method {m}": _settings(m, cfg) for m in cfg.methods if m not in ("standard", "r3f")},
         "seeds": ", ".join(str(s) for s in cfg.seeds),
         "this command's wall time (s)": round(seconds[0], 1),
         "this command's CPU time, all threads (s)": round(seconds[1], 1),

@@ -37,9 +37,10 @@ class TaskModel:
     features: Callable[[nn.Module, Batch], Tensor]
 
 
-def explain_model(name: str, num_labels: int = 2, r4f: bool = False) -> str:
+def explain_model(name: str, num_labels: int = 2, r4f: bool = False, method: str = "r3f") -> str:
     """``rxf explain MODEL``: the rxf.explain table of the model called ``name`` (a built-in,
-    a checkpoint folder, ``timm:NAME`` or a bare timm name), built as finetune builds it."""
+    a checkpoint folder, ``timm:NAME`` or a bare timm name), built as finetune builds it,
+    with the settings of the preset ``method``."""
     from pydantic import ValidationError
 
     import rxf
@@ -54,7 +55,8 @@ def explain_model(name: str, num_labels: int = 2, r4f: bool = False) -> str:
         except ValidationError:
             raise ConfigError(f"model: {first}") from None
     task = build(settings, num_labels)
-    return f"{name}\n{rxf.explain(task.module, spectral_norm_head=r4f)}"
+    config = rxf.RXFConfig.preset(method)
+    return f"{name}\n{rxf.explain(task.module, config, spectral_norm_head=r4f or method == 'r4f')}"
 
 
 def logits_of(output: Any) -> Tensor:

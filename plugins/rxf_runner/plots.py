@@ -18,6 +18,8 @@ _COLORS = {
     "r4f": "#55a868",
     "rdrop": "#c44e52",
     "r3f_shared_dropout": "#8172b3",
+    "neftune": "#937860",
+    "smart": "#da8bc3",
 }
 
 

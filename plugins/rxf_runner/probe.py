@@ -103,7 +103,7 @@ def _one(
         task = models.build(cfg.model, n_source)
         encoder = task.module.to(train.accelerator_for(cfg.train).device)
     else:
-        task, module = train.prepare(cfg.model, n_source, method, seed, cfg.rxf)
+        task, module = train.prepare(cfg.model, n_source, method, seed, cfg.rxf, cfg.per_method)
         fitted = train.fit(
             task,
             module,
@@ -137,7 +137,7 @@ def _chained(
     if seed is None:
         return {}
     n_second = len(second[0].label_names)
-    next_task, module = train.prepare(cfg.model, n_second, method, seed, cfg.rxf)
+    next_task, module = train.prepare(cfg.model, n_second, method, seed, cfg.rxf, cfg.per_method)
     inner = module.module if isinstance(module, rxf.RXFModel) else module  # keep R4F on
     models.transfer_encoder(encoder, inner)
     fitted = train.fit(

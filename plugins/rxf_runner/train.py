@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -27,17 +27,10 @@ from torch import nn
 
 import rxf
 from rxf_runner import models
-from rxf_runner.config import ModelSettings, TrainSettings
+from rxf_runner.config import ModelSettings, TrainSettings, method_config
 from rxf_runner.data import Examples
 from rxf_runner.loading import ConfigError
 
-METHODS: dict[str, dict[str, Any] | None] = {
-    "standard": None,  # not wrapped
-    "r3f": {},
-    "r4f": {"spectral_norm_head": True},
-    "rdrop": {"eps": 0.0},  # dropout consistency only (R-Drop)
-    "r3f_shared_dropout": {"share_dropout_masks": True},  # the noise alone
-}
 NO_DECAY = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)
 
 
@@ -93,17 +86,16 @@ def prepare(
     method: str,
     seed: int,
     rxf_config: rxf.RXFConfig,
+    per_method: Mapping[Any, Mapping[str, Any]] | None = None,
 ) -> tuple[models.TaskModel, nn.Module]:
-    """A freshly initialised model for ``method``, wrapped by rxf with the method's
-    settings (:data:`METHODS`) on top of ``rxf_config``; the head's initialisation depends
-    on ``seed`` only, so every method starts from the same model for a seed."""
+    """A freshly initialised model for ``method``, wrapped by rxf with the method's config
+    (:func:`rxf_runner.config.method_config`: its preset, ``rxf_config``, ``per_method``);
+    the head's initialisation depends on ``seed`` only, so every method starts from the
+    same model for a seed."""
     seed_everything(seed)
     task = models.build(settings, num_labels)
-    module = task.module
-    overrides = METHODS[method]
-    if overrides is not None:
-        module = rxf.wrap(module, rxf_config, **overrides)
-    return task, module
+    config = method_config(method, rxf_config, per_method or {})
+    return task, task.module if config is None else rxf.wrap(task.module, config)
 
 
 def build_optimizer(module: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
@@ -216,6 +208,9 @@ def _loss(
     loss = nn.functional.cross_entropy(logits.float(), labels)
     inner = acc.unwrap_model(model)
     if isinstance(inner, rxf.RXFModel):
+        if (second := inner.second_output) is not None:  # R-Drop: both passes' task loss
+            second_loss = nn.functional.cross_entropy(models.logits_of(second).float(), labels)
+            loss = (loss + second_loss) / 2
         term = inner.consistency_loss
         return loss + term, term.detach().float()
     return loss, torch.zeros((), device=acc.device)

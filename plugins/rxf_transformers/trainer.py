@@ -5,9 +5,11 @@ evaluates it (the wrapper's class shows the inner forward signature, so the labe
 ``eval_loss`` are found) and checkpoints it (the wrapper's state dict holds the inner keys,
 tied weights once). Four things need a subclass:
 
-* ``label_smoothing_factor``: the plain Trainer pops ``labels`` before the forward, so the
-  model computes no loss, the term is never added, and the token mask cannot see the labels.
-  RXFTrainer keeps the labels in the forward and returns the smoothed loss + the term.
+* ``label_smoothing_factor`` and ``compute_loss_func``: the plain Trainer pops ``labels``
+  before the forward, so the model computes no loss, the term is never added, and the token
+  mask cannot see the labels. RXFTrainer keeps the labels in the forward and returns the
+  smoothed (or ``compute_loss_func``'s) loss + the term; with ``method="rdrop"`` that loss
+  is taken on both dropout passes and averaged, as R-Drop defines it.
 * gradient accumulation with causal LMs: their loss is a token sum over
   ``num_items_in_batch`` (the whole accumulated batch), which the Trainer then does not
   divide; RXFTrainer weighs the term by the micro-batch's token share the same way, so
@@ -26,9 +28,11 @@ Its ``compute_loss`` is ``Trainer``'s own, also in subclasses whose parent repla
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from rxf import IGNORE_INDEX, RXFError
+from rxf import IGNORE_INDEX, RXFError, RXFModel
 from rxf.spectral import baked_state_dict, r4f_linears
 from rxf_transformers.callback import callback_class, find_rxf_model
 from rxf_transformers.families import shifts_labels
@@ -85,7 +89,8 @@ def _build() -> type:
         ) -> Any:
             labels = inputs.get("labels")
             shift = shifts_labels(self.rxf_model.module)
-            if self.label_smoother is None or labels is None:
+            own_loss = self.label_smoother is not None or self.compute_loss_func is not None
+            if not own_loss or labels is None:
                 # Trainer's own loss (the model's, with the term), also under subclasses that
                 # compute it another way (TRL's fused LM head bypasses the wrapper)
                 loss, outputs = Trainer.compute_loss(
@@ -101,15 +106,25 @@ def _build() -> type:
                 return (loss, outputs) if return_outputs else loss
             if self._normalized(num_items_in_batch):
                 inputs = {**inputs, "num_items_in_batch": num_items_in_batch}
-            outputs = model(**inputs)  # the labels stay: token mask and model loss see them
-            loss = self.label_smoother(
-                outputs, labels, shift_labels=shift, num_items_in_batch=num_items_in_batch
-            )
+            with _inner_outputs(self.rxf_model) as passes:
+                outputs = model(**inputs)  # the labels stay: token mask and model loss see them
+            loss = self._task_loss(outputs, labels, shift, num_items_in_batch)
+            if self.rxf_model.rxf_config.method == "rdrop" and len(passes) > 1:
+                # R-Drop: the task loss of both dropout passes, averaged
+                second = self._task_loss(passes[1], labels, shift, num_items_in_batch)
+                loss = (loss + second) / 2
             term = self.rxf_model.consistency_loss
             if num_items_in_batch is not None:
                 term = term * _token_share(inputs, labels, shift, num_items_in_batch)
             loss = (loss + term.to(loss.device)) * self._device_scale(num_items_in_batch)
             return (loss, outputs) if return_outputs else loss
+
+        def _task_loss(self, outputs: Any, labels: Any, shift: bool, items: Any) -> Any:
+            """The label-smoothed loss, or ``compute_loss_func``'s, of one pass's output."""
+            if self.compute_loss_func is not None:
+                return self.compute_loss_func(outputs, labels, num_items_in_batch=items)
+            smoother: Any = self.label_smoother
+            return smoother(outputs, labels, shift_labels=shift, num_items_in_batch=items)
 
         def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
             self._rxf_final_save = not _internal_call
@@ -151,6 +166,18 @@ def _build() -> type:
 
     RXFTrainer.__module__ = "rxf_transformers"
     return RXFTrainer
+
+
+@contextmanager
+def _inner_outputs(wrapped: RXFModel) -> Iterator[list[Any]]:
+    """The outputs of the inner model's calls during the block (R-Drop: the clean pass,
+    then the second dropout pass, whose output the wrapper does not return)."""
+    outputs: list[Any] = []
+    handle = wrapped.module.register_forward_hook(lambda m, a, out: outputs.append(out))
+    try:
+        yield outputs
+    finally:
+        handle.remove()
 
 
 def _token_share(inputs: dict[str, Any], labels: Any, shift: bool, num_items_in_batch: Any) -> Any:

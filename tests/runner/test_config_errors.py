@@ -31,8 +31,24 @@ CASES = [
     ("seeds: [1, 1]", "seeds: [1, 1] lists an entry twice"),
     (
         "methods: [standard, r5f]",
-        "methods[1]: Input should be 'standard', 'r3f', 'r4f', 'rdrop' or 'r3f_shared_dropout'",
+        "methods[1]: Input should be 'standard', 'r3f', 'r4f', 'rdrop', 'neftune', 'smart' or "
+        "'r3f_shared_dropout'",
     ),
+    ("rxf: {method: smart}", "rxf: method is chosen by `methods:`: list 'smart' there"),
+    (
+        "methods: [rdrop]\nrxf: {mode: concat}",
+        "method 'rdrop' with these rxf settings: method='rdrop' runs two passes",
+    ),
+    (
+        "methods: [smart]\nper_method: {smart: {smart_stepz: 2}}",
+        "method 'smart' with these rxf settings: smart_stepz: Extra inputs are not permitted",
+    ),
+    (
+        "methods: [smart]\nper_method: {smart: {eps: 0}}",
+        "method 'smart' with these rxf settings: method='smart' with eps=0",
+    ),
+    ("per_method: {smart: {smart_steps: 2}}", "per_method.smart: 'smart' is not a wrapped method"),
+    ("per_method: {r3f: {spectral_norm_head: true}}", "list 'r4f' in methods instead"),
     ("rxf: {noise_type: pink}", "unknown noise_type 'pink'"),
     ("rxf: {epsilon: 0.1}", "unknown key 'rxf.epsilon'; did you mean 'eps'?"),
     ("rxf: {spectral_norm_head: true}", "list 'r4f' in methods instead"),

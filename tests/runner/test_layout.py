@@ -53,4 +53,5 @@ def test_runner_stays_within_its_line_budget() -> None:
     share = runner / (runner + lines(others))
     # 2026-11-30 (issue 11): 2,534 lines, 29.8% of the non-test lines. The budget keeps the
     # runner from growing back; the share moves with the rest of the code, so it is shown.
-    assert runner <= 2_550, f"runner {runner} lines = {share:.1%} of the non-test lines"
+    # Issue 13 (the family's presets as methods, per_method): 2,618 lines, 28.2%.
+    assert runner <= 2_640, f"runner {runner} lines = {share:.1%} of the non-test lines"
