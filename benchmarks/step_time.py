@@ -58,6 +58,7 @@ COMPARISONS = [
         (f"rxf SMART K={k}", f"SMART (smart-pytorch) K={k}", 0.9 if k == 1 else None)
         for k in SMART_STEPS
     ),
+    ("rxf SMART K=1", "SMART (smart-pytorch README) K=1", None),
 ]
 
 
@@ -159,6 +160,9 @@ def variants(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str
         smart = _smart_step(model, batch, inputs, train, num_steps=k)
         if smart is not None:
             steps[f"SMART (smart-pytorch) K={k}"] = smart
+    readme = _smart_readme_step(model, batch, train)
+    if readme is not None:
+        steps["SMART (smart-pytorch README) K=1"] = readme
     return steps
 
 
@@ -189,13 +193,14 @@ def _smart_step(
     train: Callable[[Callable[[], torch.Tensor]], Step],
     num_steps: int = 1,
 ) -> Step | None:
-    """smart-pytorch's README recipe, ``num_steps`` ascent steps on the perturbation of the
-    token-embedding output (where rxf perturbs): the lookup runs once, its output is the
-    clean pass's ``inputs_embeds`` and ``SMARTLoss``'s ``embed``; ``eval_fn`` is the model
-    on ``inputs_embeds``, ``kl_loss`` inside the ascent, ``sym_kl_loss`` last, weight
-    ``LAMBDA``. Its ``step_size`` and ``noise_var`` (the standard deviation of the initial
-    noise) are rxf's eta and sigma; its ``epsilon`` is only a stabiliser of the
-    normalisation (it has no projection radius), left at its default."""
+    """smart-pytorch used lean (its cheapest correct use), ``num_steps`` ascent steps on the
+    perturbation of the token-embedding output (where rxf perturbs): the lookup runs once,
+    its output is the clean pass's ``inputs_embeds`` and ``SMARTLoss``'s ``embed``, so the
+    embedding table gets one backward; ``eval_fn`` is the model on ``inputs_embeds``,
+    ``kl_loss`` inside the ascent, ``sym_kl_loss`` last, weight ``LAMBDA``. Its ``step_size``
+    and ``noise_var`` (the standard deviation of the initial noise) are rxf's eta and sigma;
+    its ``epsilon`` is only a stabiliser of the normalisation (it has no projection radius),
+    left at its default."""
     try:
         from smart_pytorch import SMARTLoss, kl_loss, sym_kl_loss
     except ImportError:
@@ -215,6 +220,48 @@ def _smart_step(
         embeddings = embed(inputs["input_ids"])
         out = model(inputs_embeds=embeddings, attention_mask=mask, labels=batch["labels"])
         return out.loss + LAMBDA * smart(embeddings, out.logits)
+
+    return train(loss)
+
+
+def _smart_readme_step(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    train: Callable[[Callable[[], torch.Tensor]], Step],
+) -> Step | None:
+    """smart-pytorch's "BERT Classification Example" as its README writes it (K = 1): the
+    clean output from ``model(**inputs)``, then ``embed = model.bert.embeddings(input_ids)``
+    computed again (a second embedding forward and, in the backward, a second gradient of
+    the embedding table), ``eval_fn`` = ``model.bert(inputs_embeds=embed)`` + the classifier
+    + ``log_softmax``, ``kl_div(batchmean, log_target=True)`` for the ascent and the last
+    term. Kept as written, also where it is wrong: ``inputs_embeds`` passes the finished
+    embeddings through BERT's embedding layer again (position and type embeddings and the
+    LayerNorm twice). The attention mask is added (the README's one text has no padding)."""
+    try:
+        from smart_pytorch import SMARTLoss
+    except ImportError:
+        return None
+    bert, classifier = getattr(model, "bert", None), getattr(model, "classifier", None)
+    if bert is None or classifier is None:  # the README example is for BERT classifiers
+        return None
+    mask = batch["attention_mask"]
+
+    def eval_fn(embed: torch.Tensor) -> torch.Tensor:
+        pooled = bert(inputs_embeds=embed, attention_mask=mask)[1]
+        return F.log_softmax(classifier(pooled), dim=1)
+
+    smart = SMARTLoss(
+        eval_fn=eval_fn,
+        loss_fn=lambda x, y: F.kl_div(x, y, reduction="batchmean", log_target=True),
+        num_steps=1,
+        step_size=SMART_STEP_SIZE,
+        noise_var=SMART_INIT_STD,
+    )
+
+    def loss() -> torch.Tensor:
+        out = model(**batch)
+        embed = bert.embeddings(batch["input_ids"])
+        return out.loss + LAMBDA * smart(embed, F.log_softmax(out.logits, dim=1))
 
     return train(loss)
 

@@ -66,7 +66,9 @@ def test_benchmark_runs_end_to_end(step_time, capsys: pytest.CaptureFixture[str]
     for name in (
         "| SMART (smart-pytorch) K=1 |",
         "| SMART (smart-pytorch) K=2 |",
+        "| SMART (smart-pytorch README) K=1 |",
         "| rxf SMART K=1 × SMART (smart-pytorch) K=1 |",
+        "| rxf SMART K=1 × SMART (smart-pytorch README) K=1 |",
     ):
         assert (name in out) == has_smart, name
     assert "import rxf:" in out
@@ -83,6 +85,7 @@ def test_new_rows_train_the_model_with_their_method(step_time) -> None:
     passes = {"rxf R-Drop": 2, "rxf SMART K=1": 3, "rxf SMART K=2": 4}
     if importlib.util.find_spec("smart_pytorch") is not None:
         passes |= {"SMART (smart-pytorch) K=1": 3, "SMART (smart-pytorch) K=2": 4}
+        passes["SMART (smart-pytorch README) K=1"] = 3
     weight = model.get_input_embeddings().weight
     calls: list[int] = []
     handle = model.bert.encoder.register_forward_hook(lambda *_: calls.append(1))
