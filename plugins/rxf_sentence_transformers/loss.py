@@ -40,8 +40,13 @@ class RXFLoss(nn.Module):
 
     The noisy pass keeps its gradient into the embedding table (``detach_noisy_embedding``
     does not apply). With ``r3f_lambda=0`` the wrapped loss runs once, on the noisy pass
-    (noise only, NEFTune's use with ``noise_type="neftune"``). In eval mode it is the
-    wrapped loss. ``last_stats`` holds the numbers of the last training call.
+    (noise only, NEFTune's use with ``noise_type="neftune"``). With ``method="rdrop"``
+    (``RXFConfig.preset("rdrop")``) the wrapped loss runs twice without noise (two dropout
+    samples), its two values are averaged and ``(r3f_lambda / 4) · D`` between the two
+    passes is added: R-Drop as :func:`rxf.wrap` runs it. ``method="smart"`` is refused with
+    an :class:`rxf.RXFError` (SMART's ascent runs inside a wrapped forward and cannot climb
+    this loss's batch-wide divergence). In eval mode it is the wrapped loss. ``last_stats``
+    holds the numbers of the last training call.
 
     Example:
         >>> loss = RXFLoss(MultipleNegativesRankingLoss(model), eps=1e-5)  # doctest: +SKIP
@@ -68,13 +73,25 @@ class RXFLoss(nn.Module):
                 "RXFLoss: R4F (spectral_norm_head=True) normalizes a classification head, and a "
                 "SentenceTransformer has none; use R3F (spectral_norm_head=False)."
             )
+        if cfg.method == "smart":
+            raise RXFError(
+                "RXFLoss: method='smart' is not supported: SMART's ascent takes the gradient "
+                "of the divergence w.r.t. the perturbation inside one wrapped forward, while "
+                "RXFLoss's divergence compares the in-batch similarities of all the loss's "
+                "model calls together, so rxf's ascent cannot climb it. Use "
+                "RXFConfig.preset('r3f') or RXFConfig.preset('rdrop') with RXFLoss."
+            )
         self.loss = loss
         self.target: Target = target
         self.scale = scale
         self.rxf_config = cfg
         model = _sentence_model(loss)
-        # the noisy passes: a noise-only view of the same model (no copy, no new parameters)
-        self.__dict__["_noisy"] = rxf.wrap(model, cfg.with_overrides(r3f_lambda=0.0))
+        # the noisy passes: a noise-only view of the same model (no copy, no new parameters);
+        # R-Drop's second pass is the plain model again
+        noisy = cfg.method == "r3f"
+        self.__dict__["_noisy"] = (
+            rxf.wrap(model, cfg.with_overrides(r3f_lambda=0.0)) if noisy else None
+        )
         self._divergences = plugins.divergences()
         self.last_stats: dict[str, Any] = {"mode": "none"}
 
@@ -92,14 +109,38 @@ class RXFLoss(nn.Module):
             self.last_stats = {"mode": "eval"}
             result: Tensor = self.loss(features, labels)
             return result
+        if self.rxf_config.method == "rdrop":
+            return self._rdrop(model, features, labels)
         noisy.train(True)
         if self.rxf_config.r3f_lambda == 0:
             with _calls_through(self.loss, noisy):
                 value: Tensor = self.loss(features, labels)
             self.last_stats = {"mode": "noise_only", **_noise_level(noisy)}
             return value
+        value, calls = self._recorded_loss(model, features, labels)
+        clean = torch.cat([embedding for _, _, embedding in calls])
+        noisy_embeddings = [
+            noisy(dict(inputs), **kwargs)["sentence_embedding"] for inputs, kwargs, _ in calls
+        ]
+        divergence = self._divergence(clean, torch.cat(noisy_embeddings))
+        term = self.rxf_config.r3f_lambda * divergence
+        self.last_stats = {
+            "mode": "two_pass",
+            "method": "r3f",
+            "target": self.target,
+            "divergence": divergence.item(),
+            "consistency_loss": term.item(),
+            "sentences": clean.shape[0],
+            **_noise_level(noisy),
+        }
+        return value + term.to(value.dtype)
+
+    def _recorded_loss(
+        self, model: nn.Module, features: list[dict[str, Any]], labels: Any
+    ) -> tuple[Tensor, list[tuple[dict[str, Any], dict[str, Any], Tensor]]]:
+        """The wrapped loss, with every call it made of ``model`` (checked usable)."""
         with _recorded(model) as calls:
-            value = self.loss(features, labels)
+            value: Tensor = self.loss(features, labels)
         if not calls:
             raise RXFError(
                 "RXFLoss: the wrapped loss made no call of its SentenceTransformer, so there is "
@@ -113,21 +154,28 @@ class RXFLoss(nn.Module):
                 "train the model through them; wrap the loss's non-cached version instead "
                 "(e.g. MultipleNegativesRankingLoss)."
             )
-        clean = torch.cat([embedding for _, _, embedding in calls])
-        noisy_embeddings = [
-            noisy(dict(inputs), **kwargs)["sentence_embedding"] for inputs, kwargs, _ in calls
-        ]
-        divergence = self._divergence(clean, torch.cat(noisy_embeddings))
-        term = self.rxf_config.r3f_lambda * divergence
+        return value, calls
+
+    def _rdrop(self, model: nn.Module, features: list[dict[str, Any]], labels: Any) -> Tensor:
+        """R-Drop (``method="rdrop"``): the wrapped loss twice (independent dropout masks, no
+        noise), averaged, plus ``(r3f_lambda / 4) · D`` between the two passes' targets,
+        as :func:`rxf.wrap` defines R-Drop's term."""
+        again = [dict(f) for f in features]  # the model adds its outputs to the mappings
+        first, calls = self._recorded_loss(model, features, labels)
+        second, second_calls = self._recorded_loss(model, again, labels)
+        divergence = self._divergence(
+            torch.cat([e for _, _, e in calls]), torch.cat([e for _, _, e in second_calls])
+        )
+        term = self.rxf_config.r3f_lambda * divergence / 4
         self.last_stats = {
             "mode": "two_pass",
+            "method": "rdrop",
             "target": self.target,
             "divergence": divergence.item(),
             "consistency_loss": term.item(),
-            "sentences": clean.shape[0],
-            **_noise_level(noisy),
+            "sentences": sum(len(e) for _, _, e in calls),
         }
-        return value + term.to(value.dtype)
+        return (first + second) / 2 + term.to(first.dtype)
 
     def _divergence(self, clean: Tensor, noisy: Tensor) -> Tensor:
         cfg = self.rxf_config

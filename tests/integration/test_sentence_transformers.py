@@ -20,6 +20,16 @@ datasets = pytest.importorskip("datasets", reason="datasets is not installed (rx
 from rxf_sentence_transformers import RXFLoss  # noqa: E402
 from sentence_transformers.sentence_transformer import losses  # noqa: E402
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Any:
+    """One torch thread (the machine is shared), restored after the module."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 PAIRS = [
     ("a cat sits on the mat", "a kitten rests on a rug"),
     ("stocks fell sharply today", "the market dropped a lot"),
@@ -168,3 +178,58 @@ def test_rxf_callback_points_sentence_transformers_users_to_the_loss(tmp_path) -
     )
     with pytest.raises(rxf.RXFError, match="last_stats"):
         trainer.train()
+
+
+def similarity_kl(first: torch.Tensor, second: torch.Tensor, scale: float = 20.0) -> float:
+    """KL_S of the in-batch similarity distributions of two embedding batches, by hand."""
+    total, n = 0.0, len(first)
+    for i in range(n):
+        others = [j for j in range(n) if j != i]
+
+        def distribution(e: torch.Tensor, i: int = i, others: list[int] = others) -> Any:
+            unit = e.double() / e.double().norm(dim=-1, keepdim=True)
+            return torch.softmax(scale * unit[others] @ unit[i], dim=0)
+
+        p, q = distribution(first), distribution(second)
+        total += float((p * (p / q).log()).sum() + (q * (q / p).log()).sum())
+    return total / n
+
+
+def test_rdrop_averages_two_dropout_passes_of_the_library_loss() -> None:
+    """R-Drop through RXFLoss: the wrapped loss on two dropout samples, averaged, plus
+    (alpha/4)·KL_S between their similarity distributions; the same draws replayed by hand."""
+    model = load_minilm()
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.1
+    plain = losses.MultipleNegativesRankingLoss(model)
+    loss = RXFLoss(losses.MultipleNegativesRankingLoss(model), rxf.RXFConfig.preset("rdrop"))
+    batch = [features(model, 0), features(model, 1)]
+    embeddings: list[torch.Tensor] = []
+    handle = model.register_forward_hook(
+        lambda m, a, out: embeddings.append(out["sentence_embedding"].detach())
+    )
+    try:
+        torch.manual_seed(3)
+        with torch.no_grad():
+            values = [plain([dict(f) for f in batch], None).item() for _ in range(2)]
+        torch.manual_seed(3)
+        value = loss([dict(f) for f in batch], None)
+    finally:
+        handle.remove()
+    first, second = torch.cat(embeddings[0:2]), torch.cat(embeddings[2:4])
+    assert not torch.equal(first, second)  # two dropout samples
+    torch.testing.assert_close(torch.cat(embeddings[4:6]), first)  # the same draws replayed
+    torch.testing.assert_close(torch.cat(embeddings[6:8]), second)
+    kl_s = similarity_kl(first, second)
+    stats = loss.last_stats
+    assert stats["method"] == "rdrop" and stats["sentences"] == 2 * len(PAIRS)
+    assert stats["divergence"] == pytest.approx(kl_s, rel=1e-4) and kl_s > 0
+    assert value.item() == pytest.approx((values[0] + values[1]) / 2 + kl_s / 4, rel=1e-5)
+    value.backward()
+
+
+def test_smart_is_refused_with_the_cause_and_the_fix() -> None:
+    model = load_minilm()
+    with pytest.raises(rxf.RXFError, match=r"method='smart' is not supported.*preset\('r3f'\)"):
+        RXFLoss(losses.MultipleNegativesRankingLoss(model), rxf.RXFConfig.preset("smart"))

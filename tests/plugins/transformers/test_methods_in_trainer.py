@@ -17,8 +17,16 @@ import rxf
 from .conftest import TEXT, make_batch, transformers
 from .test_trainer import rows, step_logs, train
 
-torch.set_num_threads(1)
 EPSILON = 0.1  # label smoothing
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Any:
+    """One torch thread (the machine is shared), restored after the module."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def dropout_bert(seed: int = 0) -> nn.Module:
