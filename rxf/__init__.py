@@ -20,7 +20,12 @@ if TYPE_CHECKING:
     from rxf.config import RXFConfig
     from rxf.diagnosis import diagnose
     from rxf.discovery import first_submodule
-    from rxf.errors import RXFError, RXFPrecisionWarning, RXFUnusedTermWarning
+    from rxf.errors import (
+        RXFError,
+        RXFPrecisionWarning,
+        RXFUnusedTermWarning,
+        RXFZeroTermWarning,
+    )
     from rxf.explanation import Explanation, explain
     from rxf.hookspecs import hookimpl
     from rxf.inputs import IGNORE_INDEX, ForwardInputs
@@ -36,6 +41,7 @@ _EXPORTS = {
     "RXFModel": "rxf.wrapper",
     "RXFPrecisionWarning": "rxf.errors",
     "RXFUnusedTermWarning": "rxf.errors",
+    "RXFZeroTermWarning": "rxf.errors",
     "diagnose": "rxf.diagnosis",
     "explain": "rxf.explanation",
     "first_submodule": "rxf.discovery",
@@ -54,6 +60,7 @@ __all__ = [
     "RXFModel",
     "RXFPrecisionWarning",
     "RXFUnusedTermWarning",
+    "RXFZeroTermWarning",
     "__version__",
     "diagnose",
     "explain",

@@ -33,12 +33,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "noise_type": "uniform",
         "spectral_norm_head": True,
     },
-    # Liang et al. (2021), Eq. 3; alpha = 1.0 (their GLUE range is 0.1-1.0, translation 5)
+    # Liang et al. (2021), section 2.1; alpha = 1.0 (their GLUE range is 0.1-1.0, translation 5)
     "rdrop": {"method": "rdrop", "eps": 0.0, "r3f_lambda": 1.0},
     # Jain et al. (2023), Algorithm 1, alpha = 5: noise only, one pass
     "neftune": {"method": "r3f", "noise_type": "neftune", "eps": 5.0, "r3f_lambda": 0.0},
     # Jiang et al. (2020), Algorithm 1 and section 5: eps = sigma = 1e-5, eta = 1e-3, T = 1,
-    # lambda_s = 1 (their range 1-5), l_inf, embeddings trained through the final pass
+    # lambda_s = 1 (their range 1-5), l_inf per example, embeddings trained through the final pass
     "smart": {
         "method": "smart",
         "eps": 1e-5,
@@ -48,7 +48,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "smart_step_size": 1e-3,
         "smart_steps": 1,
         "smart_norm": "linf",
-        "smart_norm_level": "token",
+        "smart_norm_level": "example",
         "detach_noisy_embedding": False,
     },
 }
@@ -81,7 +81,7 @@ class RXFConfig(BaseModel):
         "r3f",
         description="'r3f': a clean and a noisy pass, term lambda·D (R3F; R4F with "
         "spectral_norm_head; NEFTune with r3f_lambda=0). 'rdrop': two dropout passes without "
-        "noise, the task loss of both averaged, term (lambda/2)·(D/2) (R-Drop's Eq. 3 halved). "
+        "noise, the task loss of both averaged, term (lambda/2)·(D/2) (R-Drop's objective halved). "
         "'smart': the noisy pass's perturbation first climbs the divergence in smart_steps "
         "projected ascent steps (SMART's adversarial regularizer).",
     )
@@ -189,9 +189,10 @@ class RXFConfig(BaseModel):
         "eps-ball (SMART: 'linf').",
     )
     smart_norm_level: Literal["token", "example"] = Field(
-        "token",
-        description="method='smart': normalize and project each embedding vector (the "
-        "last dimension: a token, a patch) or each example as a whole.",
+        "example",
+        description="method='smart': normalize the gradient (and project, for 'l2') per "
+        "example as a whole (SMART's Algorithm 1: ‖g_i‖ of example i) or per embedding "
+        "vector, the last dimension: a token, a patch ('token': mt-dnn's default).",
     )
 
     @model_validator(mode="before")

@@ -17,3 +17,11 @@ class RXFPrecisionWarning(UserWarning):
 
 class RXFUnusedTermWarning(UserWarning):
     """A training forward's consistency term reached no loss: that step was unregularized."""
+
+
+class RXFZeroTermWarning(UserWarning):
+    """The two passes of a training forward gave identical outputs, so the term is exactly 0.
+
+    R-Drop (and R3F with ``eps=0``) measure the difference that dropout makes; a model
+    without active dropout gets no regularization from them.
+    """

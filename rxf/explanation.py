@@ -34,7 +34,9 @@ class Explanation:
             ("per step", per_step(cfg)),
             (
                 "embedding (noise)",
-                f"{self.embedding} ({self.embedding_module}, by {self.embedding_plugin})",
+                f"{self.embedding} ({self.embedding_module}, by {self.embedding_plugin})"
+                if cfg.method != "rdrop"
+                else "not used (R-Drop adds no noise)",
             ),
             (
                 "embedding calls",
@@ -52,6 +54,8 @@ class Explanation:
             ),
             ("logits", self.logits),
         ]
+        if cfg.method == "rdrop":
+            rows = [row for row in rows if row[0] != "embedding calls"]
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 

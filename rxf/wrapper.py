@@ -20,7 +20,7 @@ from rxf.checkpointing import check_ddp_reentrant
 from rxf.config import RXFConfig
 from rxf.discovery import Targets, discover
 from rxf.divergence import reduce_positions
-from rxf.errors import RXFError, RXFPrecisionWarning, RXFUnusedTermWarning
+from rxf.errors import RXFError, RXFPrecisionWarning, RXFUnusedTermWarning, RXFZeroTermWarning
 from rxf.foreign_hooks import probe_other_hooks, watch_other_hooks
 from rxf.inputs import ForwardInputs
 from rxf.noise import NoiseSampler, declared_extras, lengths_from_starts
@@ -71,6 +71,7 @@ class RXFModel(nn.Module):
         self._divergences = plugins.divergences()
         self._warned_precision = False
         self._warned_unused = False
+        self._checked_zero = False
         self._checked_dtype: torch.dtype | None = None
         self._batch_norms: list[tuple[str, nn.Module]] | None = None
         self._checked: dict[str, int] = {}
@@ -248,6 +249,8 @@ class RXFModel(nn.Module):
             check_distinct(output, noisy_output, type(self.module).__name__)
             noisy_logits = self._logits(noisy_output)
         divergence, name, positions = self._divergence(inputs, output, clean_logits, noisy_logits)
+        if not self._checked_zero and (cfg.method == "rdrop" or cfg.eps == 0):
+            self._check_zero_term(clean_logits, noisy_logits)
         if cfg.method == "rdrop":
             output, term, added = self._rdrop_loss(output, noisy_output, divergence)
         else:
@@ -264,8 +267,25 @@ class RXFModel(nn.Module):
         )
         return output
 
+    def _check_zero_term(self, clean_logits: Tensor, noisy_logits: Tensor) -> None:
+        """Warn once when the first training forward's passes gave identical logits (one host
+        sync, at the first step only): without noise, only dropout makes them differ."""
+        self._checked_zero = True
+        if torch.compiler.is_compiling() or not torch.equal(clean_logits, noisy_logits):
+            return
+        warnings.warn(
+            f"the two passes of the first training forward gave identical logits, so the "
+            f"{self.rxf_config.method} term is exactly 0: without noise (eps=0) only dropout "
+            f"makes them differ, and {type(self.module).__name__} has none active. Enable "
+            f"dropout (e.g. hidden_dropout_prob / drop_rate in the model's config), or use a "
+            f"method with noise: RXFConfig.preset('r3f') or 'smart'.",
+            RXFZeroTermWarning,
+            stacklevel=3,
+        )
+
     def _rdrop_loss(self, output: Any, second: Any, divergence: Tensor) -> tuple[Any, Tensor, bool]:
-        """R-Drop (Liang et al., 2021, Eq. 3) halved: ``½(L₁ + L₂) + (α/2)·L_KL`` with
+        """R-Drop's objective (Liang et al., 2021, §2.1: ``L_NLL + α·L_KL``) halved:
+        ``½(L₁ + L₂) + (α/2)·L_KL`` with
         ``L_KL = ½·D`` (D: the divergence, KL(P₁‖P₂) + KL(P₂‖P₁) by default); the term is
         ``(α/4)·D``. The model's own loss of both passes is averaged into the returned loss;
         without one, ``second_output`` is kept for the caller's loss."""

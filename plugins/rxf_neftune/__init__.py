@@ -29,19 +29,22 @@ def neftune_noise(embeddings: Tensor, eps: float, lengths: Tensor | None = None)
 
     ``L`` is the real (unpadded) length of the example each token belongs to, from
     ``lengths`` (per example also in packed rows); without it, the padded row length. ``d``
-    is the embedding width. Expects ``(batch, tokens, d)`` embeddings; padding tokens get
-    the scale of the sequence they pad.
+    is the embedding width. For ``(batch, tokens, d)`` embeddings; padding tokens get the
+    scale of the sequence they pad. Any other shape (a CNN stem's ``(batch, C, H, W)``, one
+    vector per example) has no token lengths: ``L·d`` is then the number of values of one
+    example, the same √(L·d) normalization (the paper defines NEFTune for token embeddings
+    only; this is rxf's extension to the vision families).
 
     Example:
         >>> z = neftune_noise(torch.zeros(1, 4, 16), 5.0)
         >>> bool(z.abs().max() <= 5.0 / 8)
         True
+        >>> bool(neftune_noise(torch.zeros(2, 3, 4, 4), 6.0).abs().max() <= 6.0 / 48**0.5)
+        True
     """
     if embeddings.dim() != 3:
-        raise ValueError(
-            f"NEFTune noise needs (batch, tokens, dim) embeddings, got shape "
-            f"{tuple(embeddings.shape)}; use noise_type='uniform' for this model."
-        )
+        per_example = embeddings[0].numel() if embeddings.dim() else 1
+        return uniform_noise(embeddings, 1.0) * (eps / per_example**0.5)
     batch, tokens, dim = embeddings.shape
     if lengths is None:
         lengths = torch.full((batch, tokens), float(tokens), device=embeddings.device)

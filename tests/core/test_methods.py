@@ -36,6 +36,7 @@ def test_each_preset_sets_its_papers_defaults() -> None:
         1e-3,
     )
     assert (smart.smart_steps, smart.smart_norm, smart.noise_type) == (1, "linf", "normal")
+    assert smart.smart_norm_level == "example"  # Algorithm 1 normalizes g_i per example
     assert smart.detach_noisy_embedding is False
     assert set(PRESETS) == {"r3f", "r4f", "rdrop", "neftune", "smart"}
 
@@ -147,7 +148,7 @@ def test_rdrop_loss_on_fixed_dropout_masks_equals_the_formula() -> None:
         second = model.out(hidden * masks[1] / 0.7)
     nll = (_hand_nll(first, labels) + _hand_nll(second, labels)).mean()  # L_NLL, per example
     l_kl = 0.5 * _hand_sym_kl(first, second).mean()  # L_KL = ½(KL(P1‖P2) + KL(P2‖P1))
-    expected = 0.5 * (nll + alpha * l_kl)  # Eq. 3, halved: the task loss averaged
+    expected = 0.5 * (nll + alpha * l_kl)  # §2.1's objective, halved: the task loss averaged
     assert float(out["loss"]) == pytest.approx(float(expected), rel=1e-6)
     assert float(wrapped.consistency_loss) == pytest.approx(float(0.5 * alpha * l_kl), rel=1e-6)
     assert wrapped.last_stats["method"] == "rdrop"
@@ -412,3 +413,16 @@ def test_smart_draws_its_start_from_the_noise_type_at_init_std() -> None:
     torch.manual_seed(11)
     expected = torch.empty(seen[0].shape, dtype=torch.float32).normal_(0.0, 0.5)  # N(0, σ²)
     torch.testing.assert_close(seen[1] - seen[0], expected.double(), rtol=0, atol=1e-7)
+
+
+def test_rdrop_on_a_model_without_dropout_warns_once_that_the_term_is_zero() -> None:
+    ids, labels = torch.randint(0, 11, (2, 3)), torch.tensor([0, 1])
+    wrapped = rxf.wrap(Classifier(nn.Identity()), rxf.RXFConfig.preset("rdrop")).train()
+    with pytest.warns(rxf.RXFZeroTermWarning, match="no.*active"):
+        wrapped(input_ids=ids, labels=labels)
+    assert wrapped.last_stats["divergence"] == 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", rxf.RXFZeroTermWarning)
+        wrapped(input_ids=ids, labels=labels)  # once only: no host sync after the first step
+        dropout = rxf.wrap(Classifier(nn.Dropout(0.3)), rxf.RXFConfig.preset("rdrop")).train()
+        dropout(input_ids=ids, labels=labels)

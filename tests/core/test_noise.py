@@ -70,6 +70,12 @@ def test_neftune_scales_by_real_length() -> None:
         assert z[row].std().item() == pytest.approx(bound / math.sqrt(3), rel=0.03)
 
 
-def test_neftune_needs_token_embeddings() -> None:
-    with pytest.raises(ValueError, match="batch, tokens, dim"):
-        neftune_noise(torch.zeros(4, 8), 5.0)
+@pytest.mark.parametrize("shape", [(4, 8), (2, 3, 4, 5)])
+def test_neftune_without_tokens_scales_by_the_values_of_one_example(shape: tuple) -> None:
+    # one vector per example, a CNN stem's (batch, C, H, W): L·d = the values of an example
+    torch.manual_seed(0)
+    z = neftune_noise(torch.zeros(shape), 5.0)
+    per_example = math.prod(shape[1:])
+    torch.manual_seed(0)
+    expected = torch.empty(shape).uniform_(-1, 1) * 5.0 / math.sqrt(per_example)
+    torch.testing.assert_close(z, expected)

@@ -208,6 +208,7 @@ def test_public_api_snapshot() -> None:
         "RXFModel",
         "RXFPrecisionWarning",
         "RXFUnusedTermWarning",
+        "RXFZeroTermWarning",
         "__version__",
         "diagnose",
         "explain",

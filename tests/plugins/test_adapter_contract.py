@@ -41,6 +41,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -485,6 +486,77 @@ def test_logits_are_shaped_by_the_task(name: str) -> None:
     assert isinstance(logits, Tensor), type(logits)
     assert logits.is_floating_point()
     assert tuple(logits.shape) == case.logits(sample.inputs)
+
+
+# ----------------------------------------------------------------------------- 4b. presets
+
+PRESETS = ("r3f", "r4f", "rdrop", "neftune", "smart")
+WRAPPED = [name for name in CASE_NAMES if CONTRACTS[name].wrap]
+
+
+def _dropout_on(model: nn.Module, p: float = 0.1) -> int:
+    """Turn the model's ``nn.Dropout`` modules on (the cases build them off); how many."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p, count = p, count + 1
+    return count
+
+
+def _task_loss(output: Any) -> Tensor:
+    """The model's loss, else a stand-in task loss on the logits (finite, with a graph)."""
+    loss = getattr(output, "loss", None) if not isinstance(output, dict) else output.get("loss")
+    if isinstance(loss, Tensor):
+        return loss
+    logits = getattr(output, "logits", None)
+    logits = logits if isinstance(logits, Tensor) else _first_floating(output, min_dim=1)
+    assert logits is not None
+    return logits.float().pow(2).mean()
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("name", WRAPPED)
+def test_every_preset_runs_and_explains_its_step(name: str, preset: str) -> None:
+    """Each preset of the family trains one step on every family, with its paper's
+    defaults, and ``explain`` says what runs per step."""
+    case = CONTRACTS[name]
+    model, inputs = case.build()
+    cfg = rxf.RXFConfig.preset(preset)
+    if preset == "r4f" and case.head is None:  # R4F needs a classification head
+        with pytest.raises(rxf.RXFError, match="head"):
+            rxf.wrap(model, cfg)
+        return
+    dropouts = _dropout_on(model) if preset == "rdrop" else 0
+    wrapped = rxf.wrap(model, cfg).train()
+    explanation = str(rxf.explain(wrapped))
+    assert rxf.explanation.per_step(cfg) in explanation
+    assert rxf.explanation.method_name(cfg) in explanation
+    torch.manual_seed(0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        output = wrapped(**_forward(inputs))
+    stats = wrapped.last_stats
+    assert stats["method"] == cfg.method, stats
+    loss = _task_loss(output)
+    if preset == "rdrop" and wrapped.second_output is not None:  # no model loss: ours on both
+        loss = (loss + _task_loss(wrapped.second_output)) / 2 + wrapped.consistency_loss
+    elif _task_loss(output) is not getattr(output, "loss", None):
+        loss = loss + wrapped.consistency_loss
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    zero = [w for w in caught if issubclass(w.category, rxf.RXFZeroTermWarning)]
+    if preset == "neftune":
+        assert stats["mode"] == "noise_only" and stats["noise_to_signal"] > 0, stats
+    elif preset == "rdrop":
+        # dropout makes the passes differ; without nn.Dropout modules rxf says the term is 0
+        assert stats["divergence"] > 0 if dropouts else bool(zero), (stats, dropouts)
+        assert "embedding_calls" not in stats  # no noise anywhere
+    else:
+        assert stats["perturbed_calls"] >= 1, stats
+        assert stats["consistency_loss"] >= 0 and not zero, stats
+    if preset == "smart":
+        assert 0 < stats["perturbation_to_eps"] <= 1 + 1e-6, stats
 
 
 # ----------------------------------------------------------------------------- 5. fall-through
