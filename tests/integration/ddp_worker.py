@@ -22,6 +22,15 @@ SEED = 100
 STEPS = 3
 GLOBAL_BATCH = 8
 RXF = {"eps": 0.1, "r3f_lambda": 2.0}
+# SMART with a ball and steps large enough that every part of the ascent moves the weights
+SMART = {
+    "method": "smart",
+    "noise_type": "uniform",
+    "eps": 0.05,
+    "smart_init_std": 0.02,
+    "smart_step_size": 0.1,
+    "smart_steps": 2,
+}
 
 
 def global_batches() -> list[dict[str, torch.Tensor]]:
@@ -48,7 +57,7 @@ def _scenario(name: str, rank: int, world: int, out: Path, **extra: object) -> N
     if extra.pop("checkpointing", False):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt)
     torch.manual_seed(SEED + rank)  # the per-rank seeding rule
-    ddp = DDP(rxf.wrap(model, **RXF, **extra))
+    ddp = DDP(rxf.wrap(model, {**RXF, **extra}))
     train(ddp, [_local(b, rank, world) for b in global_batches()])
     if rank == 0:
         torch.save({k: v.detach() for k, v in model.state_dict().items()}, out / f"{name}.pt")
@@ -68,6 +77,7 @@ def worker(rank: int, world: int, port: int, out_dir: str) -> None:
     out = Path(out_dir)
     try:
         _scenario("two_pass", rank, world, out)
+        _scenario("smart", rank, world, out, **SMART)
         _scenario("concat", rank, world, out, mode="concat")
         _scenario("checkpointing", rank, world, out, checkpointing=True)
         # reentrant checkpointing re-runs layers in backward: DDP then needs one forward per

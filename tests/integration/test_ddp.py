@@ -49,14 +49,15 @@ class _PerRankNoise:
 
 
 @functools.cache
-def _reference(same_for_all: bool = False) -> dict[str, torch.Tensor]:
+def _reference(same_for_all: bool = False, smart: bool = False) -> dict[str, torch.Tensor]:
     noise = _PerRankNoise(same_for_all)
     pm = rxf.plugin_manager()
     pm.register(noise)
+    config = {**ddp_worker.RXF, **(ddp_worker.SMART if smart else {})}
     try:
         model = tiny_bert()
         ddp_worker.train(
-            rxf.wrap(model, **ddp_worker.RXF, noise_type="test_per_rank"),
+            rxf.wrap(model, {**config, "noise_type": "test_per_rank"}),
             ddp_worker.global_batches(),
         )
     finally:
@@ -85,6 +86,15 @@ def test_ddp_matches_single_process_global_batch(ddp_results: Path, scenario: st
     start = tiny_bert().state_dict()
     assert _max_diff(ddp, start) > 1e-2  # training moved the weights
     assert _max_diff(ddp, reference) < 1e-5
+
+
+def test_smart_under_ddp_matches_one_process(ddp_results: Path) -> None:
+    """SMART's ascent takes gradients w.r.t. the perturbation only: no DDP reduction inside
+    it, so 2 gloo processes give the parameters of one process over the global batch."""
+    ddp = torch.load(ddp_results / "smart.pt")
+    assert _max_diff(ddp, tiny_bert().state_dict()) > 1e-2  # training moved the weights
+    assert _max_diff(ddp, _reference()) > 1e-4  # SMART, not R3F, ran
+    assert _max_diff(ddp, _reference(smart=True)) < 1e-5
 
 
 def test_ddp_ranks_draw_independent_noise(ddp_results: Path) -> None:
