@@ -254,3 +254,17 @@ def test_seq2seq_runs_and_separates_the_parts() -> None:
     d = rxf.diagnose(model, batch, eps_grid=[1e-1], draws=2)
     assert d.dropout_only > 0 and 0 < d.rows[0].noise_only < d.rows[-1].noise_only
     assert d.task_loss > 0 and d.embedding == rxf.explain(model).embedding
+
+
+@pytest.mark.parametrize("preset", ["rdrop", "smart"])
+def test_diagnose_measures_r3f_noise_also_for_an_rdrop_or_smart_wrapper(preset: str) -> None:
+    # R-Drop's eps=0 and SMART's ascent are not what diagnose measures: it runs R3F's noise
+    # (failed before: pydantic refused r3f_lambda=0 for those methods)
+    net = torch.nn.Sequential(
+        torch.nn.Embedding(10, 8), torch.nn.Dropout(0.1), torch.nn.Linear(8, 3)
+    )
+    model = rxf.wrap(net, rxf.RXFConfig.preset(preset))
+    ids, labels = torch.tensor([[1, 2], [3, 4]]), torch.tensor([[0, 1], [2, 0]])
+    result = rxf.diagnose(model, ids, labels=labels, eps_grid=[1e-3])
+    assert 1e-3 in [row.eps for row in result.rows]
+    assert model.rxf_config.method == preset  # the wrapper itself is untouched
