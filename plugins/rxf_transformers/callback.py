@@ -14,7 +14,7 @@ from torch import nn
 
 from rxf import RXFError, RXFModel
 
-LOGGED = ("divergence", "consistency_loss", "noise_to_signal")
+LOGGED = ("divergence", "consistency_loss", "noise_to_signal", "perturbation_to_eps")
 TRAINING_MODES = ("two_pass", "concat", "noise_only")
 
 
@@ -90,8 +90,9 @@ def _build() -> type:
     from transformers import TrainerCallback
 
     class RXFCallback(TrainerCallback):
-        """Adds ``rxf_divergence``, ``rxf_consistency_loss`` and ``rxf_noise_to_signal``
-        (means over the training forwards since the previous log) to the Trainer's logs.
+        """Adds ``rxf_divergence``, ``rxf_consistency_loss``, ``rxf_noise_to_signal`` and
+        (SMART) ``rxf_perturbation_to_eps`` (means over the training forwards since the
+        previous log) to the Trainer's logs.
 
         Checks at the start of training that the model is wrapped by :func:`rxf.wrap`, and
         refuses ``label_smoothing_factor`` under the plain ``Trainer``: it pops the labels
@@ -146,8 +147,8 @@ def _build() -> type:
                     "neftune_noise_alpha makes the Trainer add NEFTune noise to the embedding "
                     "output with its own hook: under rxf the clean pass would be noisy and the "
                     "noisy pass would get two noises. Leave neftune_noise_alpha unset; for "
-                    "NEFTune through rxf wrap with rxf.wrap(model, noise_type='neftune', "
-                    "eps=alpha, r3f_lambda=0)."
+                    "NEFTune through rxf wrap with rxf.wrap(model, "
+                    "rxf.RXFConfig.preset('neftune', eps=alpha))."
                 )
             self.meter = StatsMeter()
 

@@ -172,3 +172,36 @@ def test_rxf_sft_trainer_with_a_peft_config(tmp_path) -> None:
     trained = trainer.model.get_base_model().eval()  # the wrapper; the PeftModel's forward
     with torch.no_grad():  # runs under the Trainer's mixed-precision autocast (bf16 on CPU)
         torch.testing.assert_close(plain(input_ids=ids).logits, trained(input_ids=ids).logits)
+
+
+def test_rxf_sft_trainer_with_rdrop_and_label_smoothing_averages_both_passes(tmp_path) -> None:
+    """R-Drop under RXFSFTTrainer with label smoothing: the smoothed LM loss of both dropout
+    passes (shifted, prompt masked), averaged, plus the term."""
+    model = llama()
+    for module in model.modules():
+        if hasattr(module, "attention_dropout"):
+            module.attention_dropout = 0.3
+    wrapped = rxf.wrap(model, rxf.RXFConfig.preset("rdrop"))
+    trainer = sft(RXFSFTTrainer, wrapped, tmp_path)
+    trainer.args.label_smoothing_factor = 0.1
+    from transformers.trainer_pt_utils import LabelSmoother
+
+    trainer.label_smoother = LabelSmoother(epsilon=0.1)
+    batch = next(iter(trainer.get_train_dataloader()))
+    logits: list[torch.Tensor] = []
+    handle = wrapped.module.register_forward_hook(lambda m, a, out: logits.append(out.logits))
+    loss = trainer.compute_loss(wrapped, dict(batch))
+    handle.remove()
+    assert len(logits) == 2 and not torch.allclose(logits[0], logits[1])
+    labels = batch["labels"][:, 1:]
+    active = labels.ne(-100)
+
+    def smoothed(x: torch.Tensor) -> torch.Tensor:
+        logp = x[:, :-1].float().log_softmax(-1)[active]
+        nll = -logp.gather(-1, labels[active][:, None]).mean()
+        return 0.9 * nll + 0.1 * (-logp).mean()
+
+    term = wrapped.consistency_loss
+    assert float(term.detach()) > 0
+    expected = (smoothed(logits[0]) + smoothed(logits[1])) / 2 + term
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)

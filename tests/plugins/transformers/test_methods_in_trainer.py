@@ -120,4 +120,6 @@ def test_trainer_runs_rdrop_and_smart_with_label_smoothing(preset: str, tmp_path
     logs = step_logs(trainer)
     assert len(logs) == 2 and all(torch.isfinite(torch.tensor(e["loss"])) for e in logs)
     assert logs[0]["rxf_consistency_loss"] > 0
+    if preset == "smart":  # the perturbation's size, logged by RXFCallback
+        assert 0 < logs[0]["rxf_perturbation_to_eps"] <= 1 + 1e-6
     assert trainer.evaluate(eval_dataset=data[:4])["eval_loss"] > 0
