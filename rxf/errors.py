@@ -22,6 +22,7 @@ class RXFUnusedTermWarning(UserWarning):
 class RXFZeroTermWarning(UserWarning):
     """The two passes of a training forward gave identical outputs, so the term is exactly 0.
 
-    R-Drop (and R3F with ``eps=0``) measure the difference that dropout makes; a model
-    without active dropout gets no regularization from them.
+    R-Drop (and R3F with ``eps=0``) measure the difference that dropout makes: a model
+    without active dropout gets no regularization from them. With noise, identical passes
+    mean the perturbation was rounded away (autocast to a half-precision dtype).
     """

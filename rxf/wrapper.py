@@ -249,7 +249,7 @@ class RXFModel(nn.Module):
             check_distinct(output, noisy_output, type(self.module).__name__)
             noisy_logits = self._logits(noisy_output)
         divergence, name, positions = self._divergence(inputs, output, clean_logits, noisy_logits)
-        if not self._checked_zero and (cfg.method == "rdrop" or cfg.eps == 0):
+        if not self._checked_zero:
             self._check_zero_term(clean_logits, noisy_logits)
         if cfg.method == "rdrop":
             output, term, added = self._rdrop_loss(output, noisy_output, divergence)
@@ -269,16 +269,28 @@ class RXFModel(nn.Module):
 
     def _check_zero_term(self, clean_logits: Tensor, noisy_logits: Tensor) -> None:
         """Warn once when the first training forward's passes gave identical logits (one host
-        sync, at the first step only): without noise, only dropout makes them differ."""
+        sync, at the first step only): no dropout active and no noise that survived."""
         self._checked_zero = True
         if torch.compiler.is_compiling() or not torch.equal(clean_logits, noisy_logits):
             return
+        cfg, model = self.rxf_config, type(self.module).__name__
+        if cfg.method == "rdrop" or cfg.eps == 0:
+            cause = (
+                f"without noise (eps=0) only dropout makes them differ, and {model} has none "
+                f"active. Enable dropout (e.g. hidden_dropout_prob / drop_rate in the model's "
+                f"config), or use a method with noise: RXFConfig.preset('r3f') or 'smart'."
+            )
+        else:
+            start = "smart_init_std" if cfg.method == "smart" else "eps"
+            cause = (
+                f"the perturbation did not change a single logit of {model}: it is below the "
+                f"precision the model computes in (autocast to bfloat16/float16 rounds a small "
+                f"perturbation of float32 embeddings away inside the first layer). Raise "
+                f"{start}, or train in float32."
+            )
         warnings.warn(
             f"the two passes of the first training forward gave identical logits, so the "
-            f"{self.rxf_config.method} term is exactly 0: without noise (eps=0) only dropout "
-            f"makes them differ, and {type(self.module).__name__} has none active. Enable "
-            f"dropout (e.g. hidden_dropout_prob / drop_rate in the model's config), or use a "
-            f"method with noise: RXFConfig.preset('r3f') or 'smart'.",
+            f"{cfg.method} term is exactly 0: {cause}",
             RXFZeroTermWarning,
             stacklevel=3,
         )

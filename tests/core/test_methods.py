@@ -426,3 +426,27 @@ def test_rdrop_on_a_model_without_dropout_warns_once_that_the_term_is_zero() -> 
         wrapped(input_ids=ids, labels=labels)  # once only: no host sync after the first step
         dropout = rxf.wrap(Classifier(nn.Dropout(0.3)), rxf.RXFConfig.preset("rdrop")).train()
         dropout(input_ids=ids, labels=labels)
+
+
+def test_a_perturbation_rounded_away_by_bf16_autocast_warns_instead_of_a_silent_zero() -> None:
+    # SMART's start (1e-5) on float32 embeddings of norm ~1 vanishes in the first bf16
+    # matmul: every ascent gradient is 0, the term is 0; rxf says so once
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 3))
+    wrapped = rxf.wrap(net, RXFConfig.preset("smart", eps=0.1, smart_step_size=0.5)).train()
+    ids = torch.randint(0, 10, (4, 5))
+    with (
+        torch.autocast("cpu", dtype=torch.bfloat16),
+        pytest.warns(rxf.RXFZeroTermWarning, match="Raise smart_init_std"),
+    ):
+        wrapped(ids)
+    assert wrapped.last_stats["divergence"] == 0.0
+    # a start above bf16's resolution reaches the model and the ascent moves to the ball
+    wrapped = rxf.wrap(
+        rxf.unwrap(wrapped), RXFConfig.preset("smart", eps=0.1, smart_init_std=0.05)
+    ).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16), warnings.catch_warnings():
+        warnings.simplefilter("error", rxf.RXFZeroTermWarning)
+        wrapped(ids)
+    assert wrapped.last_stats["divergence"] > 0
+    assert wrapped.last_stats["perturbation_to_eps"] == pytest.approx(1.0)
