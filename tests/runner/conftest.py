@@ -27,6 +27,23 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerate() -> Iterator[None]:
+    """accelerate keeps one state per process, fixed by its first Accelerator: a Trainer
+    test's bf16 run earlier in the session would make the runner's ``mixed_precision: no``
+    fail. Each runner test starts from a fresh state and leaves none behind."""
+    from accelerate.state import AcceleratorState
+    from rxf_runner import train
+
+    def reset() -> None:
+        AcceleratorState._reset_state(True)
+        train.accelerator_for.cache_clear()
+
+    reset()
+    yield
+    reset()
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A saved BertForSequenceClassification (hidden 16, 1 layer) with its tokenizer."""
