@@ -111,3 +111,15 @@ def test_a_tiny_run_with_rdrop_neftune_and_smart(
             assert all(c > 0 for c in run["consistency"]), method
     assert result["about"]["method rdrop"] == "method=rdrop, eps=0.0"
     assert "method=smart" in result["about"]["method smart"]
+
+
+def test_explain_shows_a_preset(tiny_bert: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    shown = {}
+    for method in ("r3f", "rdrop", "smart"):
+        assert main(["explain", str(tiny_bert), "--method", method]) == 0
+        shown[method] = capsys.readouterr().out
+    assert "eps=0.1" not in shown["r3f"] and "eps=1e-05" in shown["r3f"]
+    assert len(set(shown.values())) == 3  # each preset's own settings
+    assert "normal" in shown["smart"] and "uniform" not in shown["rdrop"]
+    with pytest.raises(SystemExit):
+        main(["explain", str(tiny_bert), "--method", "freelb"])
