@@ -106,10 +106,11 @@ def _build() -> type:
                 return (loss, outputs) if return_outputs else loss
             if self._normalized(num_items_in_batch):
                 inputs = {**inputs, "num_items_in_batch": num_items_in_batch}
-            with _inner_outputs(self.rxf_model) as passes:
+            rdrop = self.rxf_model.rxf_config.method == "rdrop"
+            with _inner_outputs(self.rxf_model, rdrop) as passes:
                 outputs = model(**inputs)  # the labels stay: token mask and model loss see them
             loss = self._task_loss(outputs, labels, shift, num_items_in_batch)
-            if self.rxf_model.rxf_config.method == "rdrop" and len(passes) > 1:
+            if len(passes) > 1:
                 # R-Drop: the task loss of both dropout passes, averaged
                 second = self._task_loss(passes[1], labels, shift, num_items_in_batch)
                 loss = (loss + second) / 2
@@ -169,10 +170,13 @@ def _build() -> type:
 
 
 @contextmanager
-def _inner_outputs(wrapped: RXFModel) -> Iterator[list[Any]]:
-    """The outputs of the inner model's calls during the block (R-Drop: the clean pass,
-    then the second dropout pass, whose output the wrapper does not return)."""
+def _inner_outputs(wrapped: RXFModel, active: bool) -> Iterator[list[Any]]:
+    """The outputs of the inner model's calls during the block when ``active`` (R-Drop: the
+    clean pass, then the second dropout pass, whose output the wrapper does not return)."""
     outputs: list[Any] = []
+    if not active:
+        yield outputs
+        return
     handle = wrapped.module.register_forward_hook(lambda m, a, out: outputs.append(out))
     try:
         yield outputs
