@@ -37,6 +37,81 @@ class PerturbationRecord:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+CallKey = tuple[Any, ...]
+# (the input itself, kept alive so no other tensor can take its address; its key; the
+# output; the output's version counter when it was produced)
+Cached = tuple[Tensor, CallKey, Tensor, int]
+
+
+def reusable(module: nn.Module) -> bool:
+    """Whether ``module``'s output is a function of its input tensor and weight alone, so a
+    later pass of the same training forward may reuse an earlier pass's output for the same
+    input: a plain ``nn.Embedding`` (its own forward, no ``max_norm`` renormalization)."""
+    return (
+        isinstance(module, nn.Embedding)
+        and type(module).forward is nn.Embedding.forward
+        and module.max_norm is None
+    )
+
+
+def _call_key(args: Any) -> CallKey | None:
+    """Identifies a call's input tensor without reading it (no host sync): storage address,
+    shape, strides, dtype, device and version counter (an in-place change bumps it)."""
+    if len(args) != 1 or not isinstance(args[0], Tensor):
+        return None
+    ids = args[0]
+    return (ids.data_ptr(), tuple(ids.shape), ids.stride(), ids.dtype, ids.device, ids._version)
+
+
+@contextmanager
+def capture_outputs(module: nn.Module) -> Iterator[list[Cached]]:
+    """Record each call's input key and output (the clean pass's lookups), for
+    :func:`perturb`'s ``reuse``: a later pass's lookup of the same ids then reuses the clean
+    output, so autograd sums both passes' gradients before the one scatter into the table
+    instead of building a second dense table gradient (same values; summation order only)."""
+    cache: list[Cached] = []
+
+    def hook(mod: nn.Module, args: Any, output: Any) -> None:
+        key = _call_key(args)
+        if key is not None and isinstance(output, Tensor):
+            cache.append((args[0], key, output, output._version))
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield cache
+    finally:
+        handle.remove()
+
+
+def _reused(reuse: list[Cached] | None, index: int, args: Any, fresh: Any) -> Any:
+    """The cached output of call ``index`` when the input is the same and the output was not
+    changed in place since; else ``fresh``."""
+    if reuse is None or index >= len(reuse) or not isinstance(fresh, Tensor):
+        return fresh
+    _, key, output, version = reuse[index]
+    if key != _call_key(args) or output._version != version or output.shape != fresh.shape:
+        return fresh
+    return output
+
+
+@contextmanager
+def substitute(module: nn.Module, reuse: list[Cached]) -> Iterator[None]:
+    """Replace ``module``'s outputs by the cached outputs of the same calls (R-Drop's second
+    pass: no noise, the clean lookups reused; see :func:`capture_outputs`)."""
+    calls = [0]
+
+    def hook(mod: nn.Module, args: Any, output: Any) -> Any:
+        calls[0] += 1
+        found = _reused(reuse, calls[0] - 1, args, output)
+        return None if found is output else found
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def add_noise(output: Tensor, noise: Tensor, detach: bool) -> Tensor:
     """``output (+ detached) + noise``, added in float32 (float64 for float64 outputs) and
     cast back to ``output``'s dtype.
@@ -162,6 +237,7 @@ def perturb(
     expect_rows: int | None = None,
     calls: EmbeddingCalls = "all",
     layout: Mapping[str, Tensor | None] | None = None,
+    reuse: list[Cached] | None = None,
 ) -> Iterator[PerturbationRecord]:
     """Add ``sampler`` noise to ``module``'s output while the context is open.
 
@@ -186,6 +262,8 @@ def perturb(
         expect_rows: the batch size the output must have (concat mode's doubled batch).
         calls: ``"all"`` or ``"first"`` calls of the module in the scope.
         layout: the noise's declared extras (``mask``, ``lengths``), by name.
+        reuse: the clean pass's outputs (:func:`capture_outputs`): a call with the same
+            input gets the noise on the clean output instead of its own lookup.
 
     Yields:
         The :class:`PerturbationRecord` of the scope, filled as the module is called.
@@ -204,6 +282,7 @@ def perturb(
         record.calls += 1
         if calls == "first" and record.calls > 1:
             return None
+        output = _reused(reuse, record.calls - 1, args, output)
         tensor, put_back = split_embedding_output(mod, output)
         if expect_rows is not None and (tensor.dim() == 0 or tensor.shape[0] != expect_rows):
             raise RXFError(

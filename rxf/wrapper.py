@@ -25,7 +25,14 @@ from rxf.foreign_hooks import probe_other_hooks, watch_other_hooks
 from rxf.inputs import ForwardInputs
 from rxf.noise import NoiseSampler, declared_extras, lengths_from_starts
 from rxf.outputs import check_distinct, loss_of, own_copies, with_term
-from rxf.perturbation import PerturbationRecord, perturb
+from rxf.perturbation import (
+    Cached,
+    PerturbationRecord,
+    capture_outputs,
+    perturb,
+    reusable,
+    substitute,
+)
 from rxf.precision import precision_warning
 from rxf.rng import RNGState, replayed_stream
 from rxf.spectral import apply_spectral_norm, bake_r4f, r4f_linears
@@ -72,6 +79,9 @@ class RXFModel(nn.Module):
         self._warned_precision = False
         self._warned_unused = False
         self._checked_zero = False
+        # later passes reuse the clean pass's lookups of the same ids (rxf.perturbation)
+        self._reuse_lookups = reusable(targets.embedding)
+        self._lookups: list[Cached] | None = None
         self._checked_dtype: torch.dtype | None = None
         self._batch_norms: list[tuple[str, nn.Module]] | None = None
         self._checked: dict[str, int] = {}
@@ -176,6 +186,7 @@ class RXFModel(nn.Module):
         state.pop("forward", None)
         state["_term"] = self._term.detach()
         state["_second"] = None
+        state["_lookups"] = None
         return state
 
     def __getattr__(self, name: str) -> Any:
@@ -231,23 +242,9 @@ class RXFModel(nn.Module):
         self._second, self._second_consumed = None, True
         if cfg.mode == "concat":
             output, clean_logits, noisy_logits, record = self._concat_pass(inputs)
+            noisy_output = None
         else:
-            start = RNGState.capture(self._device()) if cfg.share_dropout_masks else None
-            with self._watched():
-                output = self.module(*own_copies(args), **own_copies(kwargs))
-            clean_logits = self._logits(output)
-            check_ddp_reentrant(clean_logits, self._checked)
-            sampler = None
-            if cfg.method == "smart":
-                ascent = self._ascend(inputs, output, clean_logits)
-                sampler, extra["perturbation_to_eps"] = ascent.fixed(), ascent.size()
-            with (
-                self._perturbed(inputs, cfg.detach_noisy_embedding, start, sampler) as record,
-                frozen_batchnorm_stats(self.module),
-            ):
-                noisy_output = self.module(*own_copies(args), **own_copies(kwargs))
-            check_distinct(output, noisy_output, type(self.module).__name__)
-            noisy_logits = self._logits(noisy_output)
+            output, noisy_output, clean_logits, noisy_logits, record = self._two_pass(inputs, extra)
         divergence, name, positions = self._divergence(inputs, output, clean_logits, noisy_logits)
         if not self._checked_zero:
             self._check_zero_term(clean_logits, noisy_logits)
@@ -266,6 +263,37 @@ class RXFModel(nn.Module):
             **extra,
         )
         return output
+
+    def _two_pass(
+        self, inputs: ForwardInputs, extra: dict[str, Any]
+    ) -> tuple[Any, Any, Tensor, Tensor, PerturbationRecord]:
+        """The clean pass, SMART's ascent (``method="smart"``), then the second pass (noisy,
+        or R-Drop's plain dropout pass); the clean pass's embedding lookups are reused by the
+        later passes when that is exact (:func:`rxf.perturbation.capture_outputs`)."""
+        cfg, args, kwargs = self.rxf_config, inputs.args, inputs.kwargs
+        try:
+            start = RNGState.capture(self._device()) if cfg.share_dropout_masks else None
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(self._watched())
+                if self._reuse_lookups:
+                    embedding = self.rxf_targets.embedding
+                    self._lookups = stack.enter_context(capture_outputs(embedding))
+                output = self.module(*own_copies(args), **own_copies(kwargs))
+            clean_logits = self._logits(output)
+            check_ddp_reentrant(clean_logits, self._checked)
+            sampler = None
+            if cfg.method == "smart":
+                ascent = self._ascend(inputs, output, clean_logits)
+                sampler, extra["perturbation_to_eps"] = ascent.fixed(), ascent.size()
+            with (
+                self._perturbed(inputs, cfg.detach_noisy_embedding, start, sampler) as record,
+                frozen_batchnorm_stats(self.module),
+            ):
+                second = self.module(*own_copies(args), **own_copies(kwargs))
+            check_distinct(output, second, type(self.module).__name__)
+            return output, second, clean_logits, self._logits(second), record
+        finally:
+            self._lookups = None  # the clean lookups live for this forward only
 
     def _check_zero_term(self, clean_logits: Tensor, noisy_logits: Tensor) -> None:
         """Warn once when the first training forward's passes gave identical logits (one host
@@ -443,7 +471,7 @@ class RXFModel(nn.Module):
         ``sampler`` replaces the configured noise (SMART's perturbation); with
         ``method="rdrop"`` nothing is added (the second pass is a plain dropout pass)."""
         if self.rxf_config.method == "rdrop":
-            with self._watched():
+            with self._watched(), substitute(self.rxf_targets.embedding, self._lookups or []):
                 yield PerturbationRecord()
             return
         sampler = sampler or self._sampler
@@ -461,6 +489,7 @@ class RXFModel(nn.Module):
                     detach=detach,
                     calls=self._embedding_calls,  # type: ignore[arg-type]
                     layout=self._layout(inputs),
+                    reuse=self._lookups,
                 )
             )
             yield record

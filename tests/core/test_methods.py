@@ -450,3 +450,82 @@ def test_a_perturbation_rounded_away_by_bf16_autocast_warns_instead_of_a_silent_
         wrapped(ids)
     assert wrapped.last_stats["divergence"] > 0
     assert wrapped.last_stats["perturbation_to_eps"] == pytest.approx(1.0)
+
+
+# --------------------------------------------------------------------------- lookups reused
+
+
+def _embedding_backwards(loss: Tensor) -> int:
+    """How many embedding lookups the loss's graph differentiates into the table."""
+    seen, stack, count = set(), [loss.grad_fn], 0
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        count += type(node).__name__.startswith("EmbeddingBackward")
+        stack.extend(next_fn for next_fn, _ in node.next_functions)
+    return count
+
+
+class TokenDropout(Classifier):
+    """Replaces random tokens inside forward: each pass looks up different ids."""
+
+    def forward(self, input_ids: Tensor, labels: Tensor | None = None) -> dict[str, Tensor]:
+        dropped = torch.where(torch.rand(input_ids.shape) < 0.4, 0, input_ids)
+        return super().forward(dropped, labels)
+
+
+class InPlaceScale(Classifier):
+    """Scales its embedding output in place (the lookup's output changes after the call)."""
+
+    def logits(self, ids: Tensor) -> Tensor:
+        e = self.embed(ids)
+        e.mul_(2.0)
+        hidden = torch.tanh(self.body(e)).mean(1)
+        return self.out(self.dropout(hidden))
+
+
+CONFIGS = {
+    "rdrop": RXFConfig.preset("rdrop"),
+    "smart": RXFConfig.preset("smart", eps=0.05, smart_init_std=0.02, smart_step_size=0.3),
+    "r3f-undetached": RXFConfig(eps=0.1, detach_noisy_embedding=False),
+    "r3f": RXFConfig(eps=0.1),
+}
+
+
+def _step(model_cls: type, cfg: RXFConfig, reuse: bool) -> tuple[Tensor, dict[str, Tensor], int]:
+    model = model_cls(nn.Dropout(0.3))
+    wrapped = rxf.wrap(model, cfg).train()
+    wrapped._reuse_lookups = reuse
+    ids = torch.randint(1, 11, (4, 5), generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(5)
+    out = wrapped(input_ids=ids, labels=torch.tensor([0, 1, 2, 0]))
+    lookups = _embedding_backwards(out["loss"])
+    out["loss"].backward()
+    return out["loss"].detach(), {n: p.grad for n, p in model.named_parameters()}, lookups
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_later_passes_reuse_the_clean_lookup_with_the_same_numbers(name: str) -> None:
+    loss, grads, lookups = _step(Classifier, CONFIGS[name], reuse=True)
+    fresh_loss, fresh_grads, fresh_lookups = _step(Classifier, CONFIGS[name], reuse=False)
+    assert torch.equal(loss, fresh_loss)
+    for key in grads:  # the table's gradient: summation order only
+        torch.testing.assert_close(grads[key], fresh_grads[key], rtol=1e-6, atol=1e-8)
+    trained = 1 + (name != "r3f")  # passes whose lookup the table is trained through
+    assert fresh_lookups == trained
+    assert lookups == 1  # one table gradient: the passes' gradients summed before it
+
+
+@pytest.mark.parametrize("model_cls", [TokenDropout, InPlaceScale])
+@pytest.mark.parametrize("name", ["rdrop", "smart"])
+def test_a_lookup_is_not_reused_when_the_ids_or_the_output_changed(
+    model_cls: type, name: str
+) -> None:
+    loss, grads, lookups = _step(model_cls, CONFIGS[name], reuse=True)
+    fresh_loss, fresh_grads, _ = _step(model_cls, CONFIGS[name], reuse=False)
+    assert torch.equal(loss, fresh_loss)
+    for key in grads:
+        torch.testing.assert_close(grads[key], fresh_grads[key], rtol=0, atol=0)
+    assert lookups == 2
