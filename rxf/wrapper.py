@@ -111,8 +111,10 @@ class RXFModel(nn.Module):
     def second_output(self) -> Any:
         """``method="rdrop"``: the second pass's output of the last training forward (with
         its graph), for a task loss computed outside the model: R-Drop's loss is
-        ``½·(L(out) + L(model.second_output)) + model.consistency_loss``. ``None`` for the
-        other methods and in eval mode. Reading it counts as using it."""
+        ``½·(L(out) + L(model.second_output)) + model.consistency_loss``. Kept also when the
+        model returned a loss (both passes' losses are then already averaged into the
+        returned one). ``None`` for the other methods and in eval mode. Reading it counts as
+        using it."""
         self._second_consumed = True
         return self._second
 
@@ -341,6 +343,7 @@ class RXFModel(nn.Module):
             self._second, self._second_consumed = second, False
             return output, term, False
         output, added = with_term(output, term, task_loss=0.5 * (first_loss + second_loss))
+        self._second, self._second_consumed = second, True  # its loss is in the output's
         return output, term, added
 
     def _ascend(

@@ -28,11 +28,9 @@ Its ``compute_loss`` is ``Trainer``'s own, also in subclasses whose parent repla
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-from rxf import IGNORE_INDEX, RXFError, RXFModel
+from rxf import IGNORE_INDEX, RXFError
 from rxf.spectral import baked_state_dict, r4f_linears
 from rxf_transformers.callback import callback_class, find_rxf_model
 from rxf_transformers.families import shifts_labels
@@ -106,13 +104,12 @@ def _build() -> type:
                 return (loss, outputs) if return_outputs else loss
             if self._normalized(num_items_in_batch):
                 inputs = {**inputs, "num_items_in_batch": num_items_in_batch}
-            rdrop = self.rxf_model.rxf_config.method == "rdrop"
-            with _inner_outputs(self.rxf_model, rdrop) as passes:
-                outputs = model(**inputs)  # the labels stay: token mask and model loss see them
+            outputs = model(**inputs)  # the labels stay: token mask and model loss see them
             loss = self._task_loss(outputs, labels, shift, num_items_in_batch)
-            if len(passes) > 1:
+            second_output = self.rxf_model.second_output
+            if second_output is not None:
                 # R-Drop: the task loss of both dropout passes, averaged
-                second = self._task_loss(passes[1], labels, shift, num_items_in_batch)
+                second = self._task_loss(second_output, labels, shift, num_items_in_batch)
                 loss = (loss + second) / 2
             term = self.rxf_model.consistency_loss
             if num_items_in_batch is not None:
@@ -167,21 +164,6 @@ def _build() -> type:
 
     RXFTrainer.__module__ = "rxf_transformers"
     return RXFTrainer
-
-
-@contextmanager
-def _inner_outputs(wrapped: RXFModel, active: bool) -> Iterator[list[Any]]:
-    """The outputs of the inner model's calls during the block when ``active`` (R-Drop: the
-    clean pass, then the second dropout pass, whose output the wrapper does not return)."""
-    outputs: list[Any] = []
-    if not active:
-        yield outputs
-        return
-    handle = wrapped.module.register_forward_hook(lambda m, a, out: outputs.append(out))
-    try:
-        yield outputs
-    finally:
-        handle.remove()
 
 
 def _token_share(inputs: dict[str, Any], labels: Any, shift: bool, num_items_in_batch: Any) -> Any:

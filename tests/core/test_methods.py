@@ -154,6 +154,8 @@ def test_rdrop_loss_on_fixed_dropout_masks_equals_the_formula() -> None:
     assert wrapped.last_stats["method"] == "rdrop"
     assert wrapped.last_stats["divergence"] == pytest.approx(float(2 * l_kl), rel=1e-6)
     assert model.dropout.calls == 2  # two passes, no third
+    # the second pass's output is kept also when the model returned its loss
+    torch.testing.assert_close(wrapped.second_output["logits"].detach(), second)
 
     # the gradient is the formula's gradient
     out["loss"].backward()
