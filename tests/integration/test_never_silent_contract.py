@@ -310,15 +310,7 @@ R4F = [name for name, case in CASES.items() if case.r4f]
 # ----------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny models: one intra-op thread is ~10x cheaper than two on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _split(inputs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

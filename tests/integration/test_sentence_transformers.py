@@ -20,14 +20,7 @@ datasets = pytest.importorskip("datasets", reason="datasets is not installed (rx
 from rxf_sentence_transformers import RXFLoss  # noqa: E402
 from sentence_transformers.sentence_transformer import losses  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Any:
-    """One torch thread (the machine is shared), restored after the module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 PAIRS = [

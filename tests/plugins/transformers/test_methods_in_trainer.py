@@ -20,13 +20,7 @@ from .test_trainer import rows, step_logs, train
 EPSILON = 0.1  # label smoothing
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Any:
-    """One torch thread (the machine is shared), restored after the module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def dropout_bert(seed: int = 0) -> nn.Module:
