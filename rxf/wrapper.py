@@ -120,7 +120,7 @@ class RXFModel(nn.Module):
 
     def _set_term(self, term: Tensor, consumed: bool) -> None:
         self._term, self._term_consumed = term, consumed
-        if term.requires_grad and not torch.compiler.is_compiling():
+        if term.requires_grad:
             owner, made = weakref.ref(self), id(term)
 
             def release(grad: Tensor) -> None:  # the step's backward reached the term
