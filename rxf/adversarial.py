@@ -24,6 +24,7 @@ no DDP reduction either).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -164,3 +165,47 @@ class AdversarialPerturbation:
         with torch.no_grad():
             sizes = [_norm(d.detach(), self.norm, self.level).amax() for d in self.deltas]
             return torch.stack(sizes).amax().float() / self.eps
+
+
+def ascend(
+    perturbation: AdversarialPerturbation,
+    steps: int,
+    divergence_at: Callable[[NoiseSampler], Tensor],
+) -> None:
+    """``steps`` projected ascent steps on ``perturbation`` (SMART's Algorithm 1, inner loop).
+
+    Each step runs ``divergence_at(perturbation.sampler())`` (one forward of the model with
+    the current δs added, returning the 0-dim divergence from the fixed clean output), takes
+    its gradient w.r.t. the δs only (``torch.autograd.grad``: no parameter gradient, so no
+    DDP reduction) and calls :meth:`AdversarialPerturbation.step`. Runs with grad enabled.
+
+    Raises:
+        RXFError: the model uses reentrant activation checkpointing, which
+            ``torch.autograd.grad`` does not support (names the non-reentrant setting).
+
+    Example:
+        >>> from rxf.noise import normal_noise
+        >>> p = AdversarialPerturbation(normal_noise, 0.1, eps=0.5, step_size=1.0)
+        >>> x = torch.ones(1, 2, 3)
+        >>> ascend(p, 2, lambda sample: (x + sample(x, 0.0)).pow(2).sum())
+        >>> p.deltas[0].abs().max().item()
+        0.5
+    """
+    with torch.enable_grad():
+        for _ in range(steps):
+            value = divergence_at(perturbation.sampler())
+            perturbation.end_pass()
+            try:
+                grads = torch.autograd.grad(value, perturbation.deltas, allow_unused=True)
+            except RuntimeError as exc:
+                if "heckpoint" not in str(exc):
+                    raise
+                raise RXFError(
+                    "method='smart' takes the gradient w.r.t. the perturbation alone "
+                    "(torch.autograd.grad), which reentrant activation checkpointing does not "
+                    "support. Use non-reentrant checkpointing: "
+                    "model.gradient_checkpointing_enable(gradient_checkpointing_kwargs="
+                    "{'use_reentrant': False}) or torch.utils.checkpoint(..., "
+                    "use_reentrant=False)."
+                ) from exc
+            perturbation.step(grads)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from rxf import concat, plugins, signatures
-from rxf.adversarial import AdversarialPerturbation
+from rxf.adversarial import AdversarialPerturbation, ascend
 from rxf.batchnorm import frozen_batchnorm_stats
 from rxf.checkpointing import check_ddp_reentrant
 from rxf.config import RXFConfig
@@ -349,9 +349,9 @@ class RXFModel(nn.Module):
     def _ascend(
         self, inputs: ForwardInputs, clean: Any, clean_logits: Tensor
     ) -> AdversarialPerturbation:
-        """SMART's ascent (:mod:`rxf.adversarial`): ``smart_steps`` passes, each followed by
-        the divergence's gradient w.r.t. the perturbation only (no parameter gradient, so no
-        DDP reduction) and a projected step."""
+        """SMART's ascent (:func:`rxf.adversarial.ascend`): each pass runs the inner model
+        with the current perturbation (BatchNorm statistics frozen) and gives the divergence
+        from the clean logits (held fixed)."""
         cfg = self.rxf_config
         ascent = AdversarialPerturbation(
             self._sampler,
@@ -362,31 +362,17 @@ class RXFModel(nn.Module):
             level=cfg.smart_norm_level,
         )
         target = clean_logits.detach()
-        args, kwargs = inputs.args, inputs.kwargs
-        with torch.enable_grad():
-            for _ in range(cfg.smart_steps):
-                with (
-                    self._perturbed(inputs, True, None, ascent.sampler()) as record,
-                    frozen_batchnorm_stats(self.module),
-                ):
-                    ascent_output = self.module(*own_copies(args), **own_copies(kwargs))
-                self._check_called(record)
-                ascent.end_pass()
-                value = self._divergence(inputs, clean, target, self._logits(ascent_output))[0]
-                try:
-                    grads = torch.autograd.grad(value, ascent.deltas, allow_unused=True)
-                except RuntimeError as exc:
-                    if "heckpoint" not in str(exc):
-                        raise
-                    raise RXFError(
-                        "method='smart' takes the gradient w.r.t. the perturbation alone "
-                        "(torch.autograd.grad), which reentrant activation checkpointing does "
-                        "not support. Use non-reentrant checkpointing: "
-                        "model.gradient_checkpointing_enable(gradient_checkpointing_kwargs="
-                        "{'use_reentrant': False}) or torch.utils.checkpoint(..., "
-                        "use_reentrant=False)."
-                    ) from exc
-                ascent.step(grads)
+
+        def divergence_at(sampler: NoiseSampler) -> Tensor:
+            with (
+                self._perturbed(inputs, True, None, sampler) as record,
+                frozen_batchnorm_stats(self.module),
+            ):
+                output = self.module(*own_copies(inputs.args), **own_copies(inputs.kwargs))
+            self._check_called(record)
+            return self._divergence(inputs, clean, target, self._logits(output))[0]
+
+        ascend(ascent, cfg.smart_steps, divergence_at)
         return ascent
 
     def _device(self) -> torch.device:
