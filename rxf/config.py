@@ -200,8 +200,15 @@ class RXFConfig(BaseModel):
     def _method_defaults(cls, data: Any) -> Any:
         """Fields left unset take their method's default (:data:`METHOD_DEFAULTS`)."""
         if isinstance(data, Mapping):
-            defaults = METHOD_DEFAULTS.get(str(data.get("method", "r3f")), {})
-            data = {**defaults, **data}
+            method = data.get("method", "r3f")
+            if method not in get_args(Method):
+                raise ValueError(
+                    f"method={method!r} is not a method; the methods are "
+                    f"{', '.join(map(repr, get_args(Method)))}. NEFTune and R4F are presets of "
+                    f"method 'r3f': RXFConfig.preset({method!r}) (presets: "
+                    f"{', '.join(map(repr, get_args(PresetName)))})"
+                )
+            data = {**METHOD_DEFAULTS.get(str(method), {}), **data}
         return data
 
     @field_validator("embedding", "head")
@@ -244,6 +251,25 @@ class RXFConfig(BaseModel):
                 "method='rdrop' runs two passes (mode='two_pass'); mode='concat' is not "
                 "supported with it"
             )
+        # a field of another method, changed from its default, would be silently ignored
+        changed = {
+            f
+            for f in self.model_fields_set
+            if getattr(self, f) != type(self).model_fields[f].default
+        }
+        smart_fields = sorted(f for f in changed if f.startswith("smart_"))
+        if self.method != "smart" and smart_fields:
+            raise ValueError(
+                f"{', '.join(smart_fields)} only apply to method='smart', but method="
+                f"{self.method!r}: they would be ignored. Use RXFConfig.preset('smart', ...) "
+                f"(or method='smart'), or drop them"
+            )
+        unused = sorted({"noise_type", "detach_noisy_embedding"} & changed)
+        if self.method == "rdrop" and unused:
+            raise ValueError(
+                f"{', '.join(unused)} do not apply to method='rdrop' (two dropout passes, no "
+                f"noise): they would be ignored. Drop them, or use method='r3f' for noise"
+            )
         if self.method == "smart" and self.eps == 0:
             raise ValueError(
                 "method='smart' with eps=0 projects the perturbation onto a ball of "
@@ -277,8 +303,18 @@ class RXFConfig(BaseModel):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RXFConfig:
-        """Validate a mapping (e.g. the ``rxf:`` section of a larger config)."""
-        return cls.model_validate(dict(data))
+        """Validate a mapping (e.g. the ``rxf:`` section of a larger config). A ``preset``
+        key starts from that preset (:meth:`preset`), the other keys override it.
+
+        Example:
+            >>> RXFConfig.from_dict({"preset": "smart", "smart_steps": 2}).method
+            'smart'
+        """
+        fields = dict(data)
+        if "preset" in fields:
+            name = fields.pop("preset")
+            return cls.preset(str(name), **fields)
+        return cls.model_validate(fields)
 
     def with_overrides(self, **overrides: Any) -> RXFConfig:
         """A copy with ``overrides`` applied, validated like a new config.
@@ -289,6 +325,14 @@ class RXFConfig(BaseModel):
         """
         if not overrides:
             return self
+        method = overrides.get("method", self.method)
+        if method != self.method and "method" in self.model_fields_set:
+            raise ValueError(
+                f"overriding method={self.method!r} with method={method!r} would keep the "
+                f"{self.method!r} settings of this config (e.g. eps={self.eps:g}), which mean "
+                f"something else for {method!r}. Start from that method's preset: "
+                f"RXFConfig.preset({method!r}, ...)"
+            )
         return self.from_dict({**self.model_dump(exclude_unset=True), **overrides})
 
     @classmethod

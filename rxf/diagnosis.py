@@ -264,7 +264,12 @@ def diagnose(
         base = config if isinstance(config, RXFConfig) else RXFConfig.from_dict(config)
     # the measured quantity is R3F's random noise against dropout, whatever the wrapper runs
     # (R-Drop's eps=0, SMART's ascent): the noise settings are kept, the method is R3F's
-    cfg = base.with_overrides(**{"method": "r3f", **overrides, "spectral_norm_head": False})
+    kept = {
+        k: v
+        for k, v in base.model_dump(exclude_unset=True).items()
+        if k != "method" and not k.startswith("smart_")
+    }
+    cfg = RXFConfig.from_dict({**kept, **overrides, "spectral_norm_head": False})
     batches = _as_list(batch)
     targets = _targets(labels, len(batches))
     grid = sorted({float(e) for e in (eps_grid or DEFAULT_GRID)} | ({cfg.eps} - {0.0}))
