@@ -89,7 +89,8 @@ class AdversarialPerturbation:
     :meth:`sampler` is the noise sampler rxf's hook calls in each pass: the first pass draws
     δ₀ from ``init`` at scale ``init_std`` (SMART: N(0, σ²)), later passes return the current
     δ. :meth:`step` takes one ascent step. δ is held in float32 (float64 for a float64
-    model), as a leaf that requires grad during the ascent.
+    model), as a leaf that requires grad during the ascent. ``batch`` (the clean logits'
+    first dimension) lets ``level="example"`` refuse embeddings that are not batch first.
 
     Example:
         >>> from rxf.noise import normal_noise
@@ -110,8 +111,9 @@ class AdversarialPerturbation:
         step_size: float,
         norm: Norm = "linf",
         level: Level = "token",
+        batch: int | None = None,
     ) -> None:
-        self.init, self.init_std = init, init_std
+        self.init, self.init_std, self.batch = init, init_std, batch
         self.eps, self.step_size, self.norm, self.level = eps, step_size, norm, level
         self.deltas: list[Tensor] = []
         self._drawn = False
@@ -123,6 +125,7 @@ class AdversarialPerturbation:
         def sample(embeddings: Tensor, eps: float, **extras: Any) -> Tensor:
             index = next(calls)
             if not self._drawn:
+                self._check_batch_first(embeddings)
                 noise = self.init(embeddings, self.init_std, **extras)
                 dtype = torch.promote_types(embeddings.dtype, torch.float32)
                 delta = noise.detach().to(dtype).requires_grad_(torch.is_grad_enabled())
@@ -138,6 +141,20 @@ class AdversarialPerturbation:
             return self.deltas[index]
 
         return sample
+
+    def _check_batch_first(self, embeddings: Tensor) -> None:
+        """Per-example norms need the batch first: refuse an embedding output whose first
+        dimension is not the batch (a sequence-first model) at ``level="example"``."""
+        if self.level != "example" or self.batch is None:
+            return
+        if embeddings.dim() == 0 or embeddings.shape[0] != self.batch:
+            raise RXFError(
+                f"method='smart' with smart_norm_level='example' normalizes and projects per "
+                f"example, over every dimension but the first, but the embedding output has "
+                f"shape {tuple(embeddings.shape)} for a batch of {self.batch} (sequence "
+                f"first?). Use smart_norm_level='token' (per embedding vector: any layout), "
+                f"or embed batch first."
+            )
 
     def end_pass(self) -> None:
         """Mark the first pass's draws done (later passes reuse the δs)."""

@@ -71,6 +71,8 @@ def _find_embedding(model: nn.Module, cfg: RXFConfig) -> tuple[nn.Module, str]:
     if cfg.embedding is not None:
         return resolve_path(model, cfg.embedding, "embedding"), cfg.embedding
     module = plugins.find_embedding(model)
+    if module is None and cfg.method == "rdrop":
+        return model, ""  # R-Drop adds no noise: any model with dropout will do
     if module is None:
         candidates = [n for n, m in model.named_modules() if isinstance(m, nn.Embedding)]
         hint = f" Candidates: {', '.join(candidates[:5])}." if candidates else ""

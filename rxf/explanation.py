@@ -152,11 +152,12 @@ def explain(model: nn.Module, config: RXFConfig | None = None, **overrides: Any)
         cfg = (config or RXFConfig()).with_overrides(**overrides)
         inner, targets = model, discover(model, cfg)
     calls = cfg.embedding_calls or plugins.embedding_calls(inner)
-    embedding_plugin = (
-        "config"
-        if cfg.embedding is not None
-        else plugins.answered_by("rxf_find_embedding", targets.embedding, model=inner)
-    )
+    if cfg.embedding is not None:
+        embedding_plugin = "config"
+    elif targets.embedding is inner:  # R-Drop needs none and none was found
+        embedding_plugin = "none"
+    else:
+        embedding_plugin = plugins.answered_by("rxf_find_embedding", targets.embedding, model=inner)
     head_plugin = None
     if targets.head is not None:
         head_plugin = (

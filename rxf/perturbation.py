@@ -57,8 +57,8 @@ def reusable(module: nn.Module) -> bool:
 def _call_key(args: Any) -> CallKey | None:
     """Identifies a call's input tensor without reading it (no host sync): storage address,
     shape, strides, dtype, device and version counter (an in-place change bumps it)."""
-    if len(args) != 1 or not isinstance(args[0], Tensor):
-        return None
+    if len(args) != 1 or not isinstance(args[0], Tensor) or args[0].is_inference():
+        return None  # inference tensors keep no version counter: never reused
     ids = args[0]
     return (ids.data_ptr(), tuple(ids.shape), ids.stride(), ids.dtype, ids.device, ids._version)
 
@@ -73,7 +73,7 @@ def capture_outputs(module: nn.Module) -> Iterator[list[Cached]]:
 
     def hook(mod: nn.Module, args: Any, output: Any) -> None:
         key = _call_key(args)
-        if key is not None and isinstance(output, Tensor):
+        if key is not None and isinstance(output, Tensor) and not output.is_inference():
             cache.append((args[0], key, output, output._version))
 
     handle = module.register_forward_hook(hook)

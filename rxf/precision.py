@@ -7,14 +7,23 @@ import math
 import torch
 
 
-def precision_warning(eps: float, dtype: torch.dtype, signal_rms: float, noise_rms: float) -> str:
+def precision_warning(
+    eps: float,
+    dtype: torch.dtype,
+    signal_rms: float,
+    noise_rms: float,
+    autocast: bool = False,
+) -> str:
     """The warning for noise below the spacing of ``dtype`` at the embedding's RMS, or "".
 
     Args:
         eps: the configured noise scale.
-        dtype: the embedding output's dtype (half precision warns, float32/64 never).
+        dtype: the embedding output's dtype (half precision warns, float32/64 never), or,
+            with ``autocast``, the dtype autocast computes the following layers in.
         signal_rms: RMS of the clean embedding output.
         noise_rms: RMS of the noise that survived the cast back.
+        autocast: the embedding output is float32 but ``torch.autocast`` runs the layers
+            after it in ``dtype``: the first of them rounds the noise away.
 
     Example:
         >>> bool(precision_warning(1e-5, torch.bfloat16, 0.02, 0.0))
@@ -25,6 +34,15 @@ def precision_warning(eps: float, dtype: torch.dtype, signal_rms: float, noise_r
     spacing = resolution_at(signal_rms, dtype)
     if eps >= spacing:
         return ""
+    if autocast:
+        return (
+            f"eps={eps:g} is below the resolution of {dtype} at the embedding's RMS "
+            f"({signal_rms:.3g}: spacing {spacing:.3g}); the embedding output stays float32, "
+            f"but under torch.autocast({dtype}) the layers after it compute in {dtype}, so "
+            f"the first of them rounds most of the noise away and the term measures little "
+            f"but dropout. Raise eps to at least {spacing:.2g}, or train this model without "
+            f"autocast."
+        )
     return (
         f"eps={eps:g} is below the resolution of {dtype} at the embedding's RMS "
         f"({signal_rms:.3g}: spacing {spacing:.3g}); the cast back to {dtype} rounds "

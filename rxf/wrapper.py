@@ -132,29 +132,33 @@ class RXFModel(nn.Module):
             term.register_hook(release)
 
     def _check_unused_term(self) -> None:
-        if not self._second_consumed and not self._warned_unused:
-            self._warned_unused = True
-            warnings.warn(
+        """Warn once when the last training forward's term, or R-Drop's second pass, reached
+        no loss (one message naming every part that was missed)."""
+        if self._warned_unused:
+            return
+        term = not self._term_consumed and self._term.requires_grad
+        second = not self._second_consumed
+        if not (term or second):
+            return
+        self._warned_unused = True
+        parts = []
+        if term:
+            parts.append(
+                "the consistency term of the last training forward was never used: the model "
+                "returned no loss to add it to, model.consistency_loss was not read and no "
+                "gradient reached it, so that step trained without the regularizer. Add it to "
+                "your loss: loss = my_loss(out.logits, y) + model.consistency_loss (with a "
+                "Hugging Face Trainer that computes the loss itself, e.g. with label "
+                "smoothing, use rxf_transformers.RXFTrainer)."
+            )
+        if second:
+            parts.append(
                 "method='rdrop': the model returned no loss and model.second_output was not "
                 "read, so the last step's task loss covered one of R-Drop's two passes. "
                 "Compute it on both: loss = (my_loss(out, y) + my_loss(model.second_output, "
-                "y)) / 2 + model.consistency_loss.",
-                RXFUnusedTermWarning,
-                stacklevel=4,
+                "y)) / 2 + model.consistency_loss."
             )
-        if self._term_consumed or self._warned_unused or not self._term.requires_grad:
-            return
-        self._warned_unused = True
-        warnings.warn(
-            "the consistency term of the last training forward was never used: the model "
-            "returned no loss to add it to, model.consistency_loss was not read and no "
-            "gradient reached it, so that step trained without the regularizer. Add it to "
-            "your loss: loss = my_loss(out.logits, y) + model.consistency_loss (with a Hugging "
-            "Face Trainer that computes the loss itself, e.g. with label smoothing, use "
-            "rxf_transformers.RXFTrainer).",
-            RXFUnusedTermWarning,
-            stacklevel=4,
-        )
+        warnings.warn(" Also, ".join(parts), RXFUnusedTermWarning, stacklevel=4)
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         # the class is made per inner class (see _wrapper_class): rebuild it from that class
@@ -353,6 +357,13 @@ class RXFModel(nn.Module):
         with the current perturbation (BatchNorm statistics frozen) and gives the divergence
         from the clean logits (held fixed)."""
         cfg = self.rxf_config
+        if torch.is_inference_mode_enabled():
+            raise RXFError(
+                "method='smart' takes gradients w.r.t. its perturbation in every training "
+                "forward, which torch.inference_mode() forbids. For inference, put the model "
+                "in eval mode (model.eval(): one plain forward); to train, leave "
+                "inference_mode."
+            )
         ascent = AdversarialPerturbation(
             self._sampler,
             cfg.smart_init_std,
@@ -360,6 +371,7 @@ class RXFModel(nn.Module):
             step_size=cfg.smart_step_size,
             norm=cfg.smart_norm,
             level=cfg.smart_norm_level,
+            batch=clean_logits.shape[0] if clean_logits.dim() else None,
         )
         target = clean_logits.detach()
 
@@ -382,6 +394,8 @@ class RXFModel(nn.Module):
         return weight.device if weight is not None else torch.device("cpu")
 
     def _watched(self) -> Any:
+        if self.rxf_targets.embedding is self.module:  # R-Drop on a model without one
+            return contextlib.nullcontext()
         return watch_other_hooks(self.rxf_targets.embedding, self.rxf_targets.embedding_name)
 
     def _concat_pass(self, inputs: ForwardInputs) -> tuple[Any, Tensor, Tensor, PerturbationRecord]:
@@ -460,7 +474,10 @@ class RXFModel(nn.Module):
         ``sampler`` replaces the configured noise (SMART's perturbation); with
         ``method="rdrop"`` nothing is added (the second pass is a plain dropout pass)."""
         if self.rxf_config.method == "rdrop":
-            with self._watched(), substitute(self.rxf_targets.embedding, self._lookups or []):
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(self._watched())
+                if self._lookups:
+                    stack.enter_context(substitute(self.rxf_targets.embedding, self._lookups))
                 yield PerturbationRecord()
             return
         sampler = sampler or self._sampler
@@ -548,25 +565,41 @@ class RXFModel(nn.Module):
 
     def _check_precision(self, record: PerturbationRecord) -> None:
         """Warn once when ``eps`` is below the spacing of the embedding dtype at the
-        embedding's RMS (:func:`rxf.precision.precision_warning`).
+        embedding's RMS (:func:`rxf.precision.precision_warning`); under ``torch.autocast``
+        to a half dtype, of that dtype (the following layers compute in it).
 
-        Checked when the embedding dtype changes (first forward, ``model.half()``, ...), not
+        Checked when that dtype changes (first forward, ``model.half()``, ...), not
         every step: reading the RMS is a host sync.
         """
-        eps = self.rxf_config.eps
-        if record.dtype == self._checked_dtype or self._warned_precision or eps == 0:
+        eps, dtype = self.rxf_config.eps, record.dtype
+        compute = _autocast_dtype(self._device().type)
+        autocast = dtype in (torch.float32, torch.float64) and compute is not None
+        if autocast:  # the next layers compute in the autocast dtype
+            dtype = compute
+        if dtype == self._checked_dtype or self._warned_precision or eps == 0:
             return
-        self._checked_dtype = record.dtype
-        if record.dtype is None or record.signal_rms is None:
+        self._checked_dtype = dtype
+        if dtype is None or record.signal_rms is None:
             return
         survived = float(record.noise_rms) if record.noise_rms is not None else float("nan")
-        message = precision_warning(eps, record.dtype, float(record.signal_rms), survived)
+        message = precision_warning(eps, dtype, float(record.signal_rms), survived, autocast)
         if message:
             self._warned_precision = True
             warnings.warn(message, RXFPrecisionWarning, stacklevel=4)
 
 
 _SHARED = ("_parameters", "_buffers", "_modules", "_non_persistent_buffers_set")
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The half-precision dtype ``torch.autocast`` computes in on ``device_type``, if on."""
+    try:
+        if not torch.is_autocast_enabled(device_type):
+            return None
+        dtype = torch.get_autocast_dtype(device_type)
+    except (RuntimeError, TypeError):  # a device type autocast does not know
+        return None
+    return dtype if dtype in (torch.float16, torch.bfloat16) else None
 
 
 def _wrapper_class(inner: type) -> type[RXFModel]:
@@ -579,13 +612,16 @@ def _new_wrapper(inner: type) -> RXFModel:
 
 
 def wrap(
-    model: nn.Module, config: RXFConfig | Mapping[str, Any] | None = None, **overrides: Any
+    model: nn.Module,
+    config: RXFConfig | Mapping[str, Any] | str | None = None,
+    **overrides: Any,
 ) -> RXFModel:
     """Put ``model`` under R3F (R4F with ``spectral_norm_head=True``).
 
-    ``config`` is an :class:`RXFConfig` or a mapping of its fields; keyword ``overrides``
-    replace fields and are validated the same way. The embedding (and, for R4F, the head)
-    come from the config's paths or from the plugins.
+    ``config`` is an :class:`RXFConfig`, a mapping of its fields, or a preset's name
+    (``"r3f"``, ``"r4f"``, ``"rdrop"``, ``"neftune"``, ``"smart"``: :meth:`RXFConfig.preset`);
+    keyword ``overrides`` replace fields and are validated the same way. The embedding
+    (and, for R4F, the head) come from the config's paths or from the plugins.
 
     Example:
         >>> import rxf
@@ -610,7 +646,10 @@ def wrap(
             "ignores the forward hook rxf adds to the embedding, so no noise would arrive. "
             "Compile the wrapped model instead: torch.compile(rxf.wrap(model))."
         )
-    base = config if isinstance(config, RXFConfig) else RXFConfig.from_dict(config or {})
+    if isinstance(config, str):
+        base = RXFConfig.preset(config)
+    else:
+        base = config if isinstance(config, RXFConfig) else RXFConfig.from_dict(config or {})
     cfg = base.with_overrides(**overrides)
     targets = discover(model, cfg)
     probe_other_hooks(targets.embedding, targets.embedding_name)

@@ -531,3 +531,118 @@ def test_a_lookup_is_not_reused_when_the_ids_or_the_output_changed(
     for key in grads:
         torch.testing.assert_close(grads[key], fresh_grads[key], rtol=0, atol=0)
     assert lookups == 2
+
+
+# --------------------------------------------------------------------------- a new user's review
+
+
+def test_switching_method_on_a_config_that_chose_one_is_refused() -> None:
+    # rdrop -> r3f by an override kept eps=0: "R3F" without noise, silently
+    with pytest.raises(ValueError, match=r"RXFConfig.preset\('r3f'"):
+        RXFConfig.preset("rdrop").with_overrides(method="r3f")
+    with pytest.raises(ValueError, match="would keep"):
+        rxf.wrap(Classifier(nn.Dropout(0.1)), RXFConfig.preset("smart"), method="r3f")
+    # a config that never chose a method may take one
+    assert RXFConfig(r3f_lambda=0.5).with_overrides(method="smart").method == "smart"
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"smart_steps": 3}, "smart_steps only apply to method='smart'"),
+        ({"method": "rdrop", "noise_type": "normal"}, "noise_type do not apply"),
+        ({"method": "rdrop", "detach_noisy_embedding": False}, "do not apply"),
+        ({"method": "neftune"}, r"not a method.*RXFConfig.preset\('neftune'\)"),
+    ],
+)
+def test_settings_that_would_be_ignored_are_refused(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RXFConfig(**fields)
+
+
+def test_a_preset_by_name_in_wrap_and_in_a_mapping() -> None:
+    wrapped = rxf.wrap(Classifier(nn.Dropout(0.1)), "smart")
+    assert wrapped.rxf_config == RXFConfig.preset("smart")
+    cfg = RXFConfig.from_dict({"preset": "smart", "smart_steps": 2})
+    assert cfg == RXFConfig.preset("smart", smart_steps=2)
+    assert RXFConfig.from_dict({"smart_steps": 1}).method == "r3f"  # defaults: not changed
+
+
+def test_rdrop_needs_no_token_embedding() -> None:
+    net = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.3), nn.Linear(8, 3))
+    wrapped = rxf.wrap(net, "rdrop").train()
+    wrapped(torch.randn(5, 4))
+    assert wrapped.last_stats["divergence"] > 0
+    assert "not used" in str(rxf.explain(wrapped))
+    with pytest.raises(rxf.RXFError, match="no token embedding"):  # noise needs one
+        rxf.wrap(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 3)), "r3f")
+
+
+@pytest.mark.parametrize("preset", ["r3f", "rdrop"])
+def test_a_training_forward_under_inference_mode_runs(preset: str) -> None:
+    # failed with "Inference tensors do not track version counter" (lookup reuse)
+    with torch.inference_mode():
+        model = Classifier(nn.Dropout(0.3))
+        wrapped = rxf.wrap(model, preset).train()
+        out = wrapped(input_ids=torch.randint(0, 11, (2, 3)), labels=torch.tensor([0, 1]))
+    assert out["loss"].is_inference()
+
+
+def test_smart_under_inference_mode_is_refused_with_the_fix() -> None:
+    with torch.inference_mode():
+        wrapped = rxf.wrap(Classifier(nn.Dropout(0.3)), "smart").train()
+        with pytest.raises(rxf.RXFError, match=r"model.eval\(\)"):
+            wrapped(input_ids=torch.randint(0, 11, (2, 3)))
+
+
+class SequenceFirst(nn.Module):
+    """Token ids (T, B), embeddings (T, B, D), logits (B, classes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(20, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.head(torch.tanh(self.embed(ids)).mean(0))
+
+
+def test_smart_per_example_refuses_sequence_first_embeddings() -> None:
+    # per example over dims 1.. of a (T, B, D) output mixed the examples of a position
+    ids = torch.randint(0, 20, (7, 3))
+    wrapped = rxf.wrap(SequenceFirst(), "smart", embedding="embed", eps=0.1).train()
+    with pytest.raises(rxf.RXFError, match="smart_norm_level='token'"):
+        wrapped(ids)
+    token = rxf.wrap(
+        rxf.unwrap(wrapped),
+        RXFConfig.preset("smart", embedding="embed", eps=0.1, smart_norm_level="token"),
+    ).train()
+    token(ids)
+    assert token.last_stats["perturbation_to_eps"] <= 1 + 1e-6
+
+
+def test_one_warning_names_both_an_unused_term_and_an_unused_second_pass() -> None:
+    wrapped = rxf.wrap(Classifier(nn.Dropout(0.3)), "rdrop").train()
+    ids = torch.randint(0, 11, (2, 3))
+    wrapped(input_ids=ids)["logits"].sum().backward()  # neither the term nor the second pass
+    with pytest.warns(rxf.RXFUnusedTermWarning) as caught:
+        wrapped(input_ids=ids)
+    (message,) = [str(w.message) for w in caught]
+    assert "consistency term" in message and "second_output" in message
+
+
+def test_noise_below_the_autocast_dtypes_resolution_warns() -> None:
+    # the embedding stays float32 under autocast, but the next bf16 layer rounds eps=1e-5
+    # away: the term is then dropout's alone (the zero-term check cannot see it)
+    model = Classifier(nn.Dropout(0.3))
+    ids = torch.randint(0, 11, (4, 5))
+    wrapped = rxf.wrap(model, "r3f").train()
+    with (
+        torch.autocast("cpu", dtype=torch.bfloat16),
+        pytest.warns(rxf.RXFPrecisionWarning, match=r"torch.autocast\(torch.bfloat16\)"),
+    ):
+        wrapped(input_ids=ids)
+    with warnings.catch_warnings():  # float32 compute: no warning
+        warnings.simplefilter("error", rxf.RXFPrecisionWarning)
+        rxf.wrap(rxf.unwrap(wrapped), "r3f").train()(input_ids=ids)
