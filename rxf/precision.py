@@ -39,16 +39,18 @@ def precision_warning(
             f"eps={eps:g} is below the resolution of {dtype} at the embedding's RMS "
             f"({signal_rms:.3g}: spacing {spacing:.3g}); the embedding output stays float32, "
             f"but under torch.autocast({dtype}) the layers after it compute in {dtype}, so "
-            f"the first of them rounds most of the noise away and the term measures little "
-            f"but dropout. Raise eps to at least {spacing:.2g}, or train this model without "
-            f"autocast."
+            f"the first of them rounds the perturbation to {dtype}'s grid: most elements "
+            f"lose it and the rest jump by a whole spacing, which is rounding, not the "
+            f"configured noise (with dropout on, the term is then mostly dropout's). Raise "
+            f"eps to at least {spacing:.2g}, or train this model without autocast."
         )
     return (
         f"eps={eps:g} is below the resolution of {dtype} at the embedding's RMS "
         f"({signal_rms:.3g}: spacing {spacing:.3g}); the cast back to {dtype} rounds "
         f"the noise of many elements (typically half or more) to zero and the rest to "
         f"multiples of the spacing (noise RMS after the cast: {noise_rms:.3g}). Raise eps "
-        f"to at least {spacing:.2g}, or keep the embedding in float32 (autocast does); "
+        f"to at least {spacing:.2g}, or keep the model in float32 (autocast: see its own "
+        f"warning); "
         f"last_stats['noise_to_signal'] shows what survives."
     )
 
