@@ -85,10 +85,14 @@ def _usable(value: RXFConfig) -> RXFConfig:
     return value
 
 
-def _no_spectral_switch(value: Any) -> Any:
-    if isinstance(value, dict) and value.get("spectral_norm_head"):
+def _no_spectral_switch(value: Any, per_method: bool = False) -> Any:
+    """Refuse ``spectral_norm_head`` where the method decides it: set to true in ``rxf:``,
+    set at all in ``per_method`` (false under ``r4f`` trained R3F in the "r4f" row)."""
+    switched = value.get("spectral_norm_head") if isinstance(value, dict) else None
+    if switched or (per_method and switched is not None):
         raise ValueError(
-            "spectral_norm_head is chosen by the method: list 'r4f' in methods instead"
+            "spectral_norm_head is chosen by the method: list 'r4f' in methods instead "
+            "(and 'r3f' for R3F without it)"
         )
     if isinstance(value, dict) and value.get("method", "r3f") != "r3f":
         raise ValueError(f"method is chosen by `methods:`: list {value['method']!r} there")
@@ -119,7 +123,7 @@ def _methods_resolve(value: dict[str, dict[str, Any]], info: ValidationInfo) -> 
     for name, fields in value.items():
         if name not in methods or name == "standard":
             raise ValueError(f"per_method.{name}: {name!r} is not a wrapped method in {methods}")
-        _no_spectral_switch(fields)
+        _no_spectral_switch(fields, per_method=True)
     for name in methods:
         try:
             if (config := method_config(name, rxf, value)) is not None:

@@ -123,3 +123,11 @@ def test_explain_shows_a_preset(tiny_bert: Path, capsys: pytest.CaptureFixture[s
     assert "normal" in shown["smart"] and "uniform" not in shown["rdrop"]
     with pytest.raises(SystemExit):
         main(["explain", str(tiny_bert), "--method", "freelb"])
+
+
+def test_per_method_cannot_switch_r4f_off() -> None:
+    # spectral_norm_head: false under r4f was accepted: the "r4f" row trained R3F
+    with pytest.raises(ValueError, match="chosen by the method"):
+        FinetuneConfig.model_validate(
+            {"methods": ["standard", "r4f"], "per_method": {"r4f": {"spectral_norm_head": False}}}
+        )
