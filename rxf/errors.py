@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+from types import FrameType
+
 
 class RXFError(ValueError):
     """A model or configuration that rxf cannot regularize as asked.
@@ -26,3 +31,16 @@ class RXFZeroTermWarning(UserWarning):
     without active dropout gets no regularization from them. With noise, identical passes
     mean the perturbation was rounded away (autocast to a half-precision dtype).
     """
+
+
+def warn(message: str, category: type[Warning]) -> None:
+    """``warnings.warn`` attributed to the first frame outside rxf and torch: the user's
+    line (``model(**batch)``), not ``torch/nn/modules/module.py``."""
+    import torch
+
+    internal = (os.path.dirname(__file__) + os.sep, os.path.dirname(torch.__file__) + os.sep)
+    frame: FrameType | None = sys._getframe(1)
+    level = 2
+    while frame is not None and frame.f_code.co_filename.startswith(internal):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import types
-import warnings
 import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -20,7 +19,13 @@ from rxf.checkpointing import check_ddp_reentrant
 from rxf.config import RXFConfig
 from rxf.discovery import Targets, discover
 from rxf.divergence import reduce_positions
-from rxf.errors import RXFError, RXFPrecisionWarning, RXFUnusedTermWarning, RXFZeroTermWarning
+from rxf.errors import (
+    RXFError,
+    RXFPrecisionWarning,
+    RXFUnusedTermWarning,
+    RXFZeroTermWarning,
+    warn,
+)
 from rxf.foreign_hooks import probe_other_hooks, watch_other_hooks
 from rxf.inputs import ForwardInputs
 from rxf.noise import NoiseSampler, declared_extras, lengths_from_starts
@@ -158,7 +163,7 @@ class RXFModel(nn.Module):
                 "Compute it on both: loss = (my_loss(out, y) + my_loss(model.second_output, "
                 "y)) / 2 + model.consistency_loss."
             )
-        warnings.warn(" Also, ".join(parts), RXFUnusedTermWarning, stacklevel=4)
+        warn(" Also, ".join(parts), RXFUnusedTermWarning)
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         # the class is made per inner class (see _wrapper_class): rebuild it from that class
@@ -322,11 +327,10 @@ class RXFModel(nn.Module):
                 f"perturbation of float32 embeddings away inside the first layer). Raise "
                 f"{start}, or train in float32."
             )
-        warnings.warn(
+        warn(
             f"the two passes of the first training forward gave identical logits, so the "
             f"{cfg.method} term is exactly 0: {cause}",
             RXFZeroTermWarning,
-            stacklevel=3,
         )
 
     def _rdrop_loss(self, output: Any, second: Any, divergence: Tensor) -> tuple[Any, Tensor, bool]:
@@ -585,7 +589,7 @@ class RXFModel(nn.Module):
         message = precision_warning(eps, dtype, float(record.signal_rms), survived, autocast)
         if message:
             self._warned_precision = True
-            warnings.warn(message, RXFPrecisionWarning, stacklevel=4)
+            warn(message, RXFPrecisionWarning)
 
 
 _SHARED = ("_parameters", "_buffers", "_modules", "_non_persistent_buffers_set")

@@ -646,3 +646,11 @@ def test_noise_below_the_autocast_dtypes_resolution_warns() -> None:
     with warnings.catch_warnings():  # float32 compute: no warning
         warnings.simplefilter("error", rxf.RXFPrecisionWarning)
         rxf.wrap(rxf.unwrap(wrapped), "r3f").train()(input_ids=ids)
+
+
+def test_warnings_point_at_the_users_line() -> None:
+    # they pointed inside torch (nn/modules/module.py) before
+    wrapped = rxf.wrap(Classifier(nn.Identity()), "rdrop").train()
+    with pytest.warns(rxf.RXFZeroTermWarning) as caught:
+        wrapped(input_ids=torch.randint(0, 11, (2, 3)))
+    assert caught[0].filename == __file__
