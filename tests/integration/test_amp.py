@@ -109,11 +109,16 @@ def test_half_model_warns_once_with_the_right_numbers(
     assert "eps=1e-05" in message and str(dtype) in message
 
 
-def test_float32_and_autocast_do_not_warn() -> None:
+def test_float32_does_not_warn_and_autocast_warns_below_its_dtypes_resolution() -> None:
     _, caught = _precision_warnings(tiny_bert(), bert_batch(), steps=2)
     assert caught == []
+    # the embedding stays float32 under autocast, but the next bf16 layer rounds eps=1e-5
+    # to its grid (this test said "autocast does not warn" before: the noise was lost)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         _, caught = _precision_warnings(tiny_bert(), bert_batch())
+    assert len(caught) == 1 and "torch.autocast(torch.bfloat16)" in str(caught[0].message)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, caught = _precision_warnings(tiny_bert(), bert_batch(), eps=1e-2)
     assert caught == []
 
 
