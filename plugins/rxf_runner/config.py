@@ -124,6 +124,7 @@ def _methods_resolve(value: dict[str, dict[str, Any]], info: ValidationInfo) -> 
         if name not in methods or name == "standard":
             raise ValueError(f"per_method.{name}: {name!r} is not a wrapped method in {methods}")
         _no_spectral_switch(fields, per_method=True)
+    problems = []  # every refused method, in one message
     for name in methods:
         try:
             if (config := method_config(name, rxf, value)) is not None:
@@ -133,9 +134,11 @@ def _methods_resolve(value: dict[str, dict[str, Any]], info: ValidationInfo) -> 
                 "".join(f"{p}: " for p in e["loc"]) + e["msg"].removeprefix("Value error, ")
                 for e in exc.errors()
             )
-            raise ValueError(f"method {name!r} with these rxf settings: {message}") from None
+            problems.append(f"method {name!r} with these rxf settings: {message}")
         except ValueError as exc:
-            raise ValueError(f"method {name!r} with these rxf settings: {exc}") from None
+            problems.append(f"method {name!r} with these rxf settings: {exc}")
+    if problems:
+        raise ValueError(" | ".join(problems))
     return value
 
 

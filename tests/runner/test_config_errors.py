@@ -39,6 +39,10 @@ CASES = [
         "methods: [rdrop]\nrxf: {mode: concat}",
         "method 'rdrop' with these rxf settings: method='rdrop' runs two passes",
     ),
+    (  # every refused method is named, not only the first
+        "methods: [rdrop, smart]\nrxf: {mode: concat}",
+        "| method 'smart' with these rxf settings: method='smart' runs its ascent passes",
+    ),
     (
         "methods: [smart]\nper_method: {smart: {smart_stepz: 2}}",
         "method 'smart' with these rxf settings: smart_stepz: Extra inputs are not permitted",
