@@ -24,6 +24,7 @@ no DDP reduction either).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -120,7 +121,7 @@ class AdversarialPerturbation:
 
     def sampler(self) -> NoiseSampler:
         """A sampler for one pass: call ``i`` of the embedding gets ``deltas[i]``."""
-        calls = iter(range(1_000_000))
+        calls = itertools.count()
 
         def sample(embeddings: Tensor, eps: float, **extras: Any) -> Tensor:
             index = next(calls)

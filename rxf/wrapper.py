@@ -86,7 +86,6 @@ class RXFModel(nn.Module):
         self._checked_zero = False
         # later passes reuse the clean pass's lookups of the same ids (rxf.perturbation)
         self._reuse_lookups = reusable(targets.embedding)
-        self._lookups: list[Cached] | None = None
         self._checked_dtype: torch.dtype | None = None
         self._batch_norms: list[tuple[str, nn.Module]] | None = None
         self._checked: dict[str, int] = {}
@@ -197,7 +196,6 @@ class RXFModel(nn.Module):
         state.pop("forward", None)
         state["_term"] = self._term.detach()
         state["_second"] = None
-        state["_lookups"] = None
         return state
 
     def __getattr__(self, name: str) -> Any:
@@ -282,29 +280,26 @@ class RXFModel(nn.Module):
         or R-Drop's plain dropout pass); the clean pass's embedding lookups are reused by the
         later passes when that is exact (:func:`rxf.perturbation.capture_outputs`)."""
         cfg, args, kwargs = self.rxf_config, inputs.args, inputs.kwargs
-        try:
-            start = RNGState.capture(self._device()) if cfg.share_dropout_masks else None
-            with contextlib.ExitStack() as stack:
-                stack.enter_context(self._watched())
-                if self._reuse_lookups:
-                    embedding = self.rxf_targets.embedding
-                    self._lookups = stack.enter_context(capture_outputs(embedding))
-                output = self.module(*own_copies(args), **own_copies(kwargs))
-            clean_logits = self._logits(output)
-            check_ddp_reentrant(clean_logits, self._checked)
-            sampler = None
-            if cfg.method == "smart":
-                ascent = self._ascend(inputs, output, clean_logits)
-                sampler, extra["perturbation_to_eps"] = ascent.fixed(), ascent.size()
-            with (
-                self._perturbed(inputs, cfg.detach_noisy_embedding, start, sampler) as record,
-                frozen_batchnorm_stats(self.module),
-            ):
-                second = self.module(*own_copies(args), **own_copies(kwargs))
-            check_distinct(output, second, type(self.module).__name__)
-            return output, second, clean_logits, self._logits(second), record
-        finally:
-            self._lookups = None  # the clean lookups live for this forward only
+        start = RNGState.capture(self._device()) if cfg.share_dropout_masks else None
+        lookups: list[Cached] = []
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(self._watched())
+            if self._reuse_lookups:
+                lookups = stack.enter_context(capture_outputs(self.rxf_targets.embedding))
+            output = self.module(*own_copies(args), **own_copies(kwargs))
+        clean_logits = self._logits(output)
+        check_ddp_reentrant(clean_logits, self._checked)
+        sampler = None
+        if cfg.method == "smart":
+            ascent = self._ascend(inputs, output, clean_logits, lookups)
+            sampler, extra["perturbation_to_eps"] = ascent.fixed(), ascent.size()
+        with (
+            self._perturbed(inputs, cfg.detach_noisy_embedding, start, sampler, lookups) as record,
+            frozen_batchnorm_stats(self.module),
+        ):
+            second = self.module(*own_copies(args), **own_copies(kwargs))
+        check_distinct(output, second, type(self.module).__name__)
+        return output, second, clean_logits, self._logits(second), record
 
     def _check_zero_term(self, clean_logits: Tensor, noisy_logits: Tensor) -> None:
         """Warn once when the first training forward's passes gave identical logits (one host
@@ -355,7 +350,7 @@ class RXFModel(nn.Module):
         return output, term, added
 
     def _ascend(
-        self, inputs: ForwardInputs, clean: Any, clean_logits: Tensor
+        self, inputs: ForwardInputs, clean: Any, clean_logits: Tensor, lookups: list[Cached]
     ) -> AdversarialPerturbation:
         """SMART's ascent (:func:`rxf.adversarial.ascend`): each pass runs the inner model
         with the current perturbation (BatchNorm statistics frozen) and gives the divergence
@@ -381,7 +376,7 @@ class RXFModel(nn.Module):
 
         def divergence_at(sampler: NoiseSampler) -> Tensor:
             with (
-                self._perturbed(inputs, True, None, sampler) as record,
+                self._perturbed(inputs, True, None, sampler, lookups) as record,
                 frozen_batchnorm_stats(self.module),
             ):
                 output = self.module(*own_copies(inputs.args), **own_copies(inputs.kwargs))
@@ -472,16 +467,18 @@ class RXFModel(nn.Module):
         detach: bool,
         replay: RNGState | None = None,
         sampler: NoiseSampler | None = None,
+        lookups: list[Cached] | None = None,
     ) -> Iterator[PerturbationRecord]:
         """The noisy pass's scope: other hooks watched, noise on the embedding calls; with
         ``replay`` the RNG rewinds to it (same dropout masks) and the noise is drawn aside.
         ``sampler`` replaces the configured noise (SMART's perturbation); with
-        ``method="rdrop"`` nothing is added (the second pass is a plain dropout pass)."""
+        ``method="rdrop"`` nothing is added (the second pass is a plain dropout pass).
+        ``lookups``: the clean pass's embedding outputs, reused for the same ids."""
         if self.rxf_config.method == "rdrop":
             with contextlib.ExitStack() as stack:
                 stack.enter_context(self._watched())
-                if self._lookups:
-                    stack.enter_context(substitute(self.rxf_targets.embedding, self._lookups))
+                if lookups:
+                    stack.enter_context(substitute(self.rxf_targets.embedding, lookups))
                 yield PerturbationRecord()
             return
         sampler = sampler or self._sampler
@@ -499,7 +496,7 @@ class RXFModel(nn.Module):
                     detach=detach,
                     calls=self._embedding_calls,  # type: ignore[arg-type]
                     layout=self._layout(inputs),
-                    reuse=self._lookups,
+                    reuse=lookups,
                 )
             )
             yield record
@@ -576,11 +573,13 @@ class RXFModel(nn.Module):
         every step: reading the RMS is a host sync.
         """
         eps, dtype = self.rxf_config.eps, record.dtype
+        if self._warned_precision or eps == 0:
+            return
         compute = _autocast_dtype(self._device().type)
         autocast = dtype in (torch.float32, torch.float64) and compute is not None
         if autocast:  # the next layers compute in the autocast dtype
             dtype = compute
-        if dtype == self._checked_dtype or self._warned_precision or eps == 0:
+        if dtype == self._checked_dtype:
             return
         self._checked_dtype = dtype
         if dtype is None or record.signal_rms is None:
