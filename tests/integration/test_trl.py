@@ -51,10 +51,9 @@ def llama() -> torch.nn.Module:
     return make_model("llama", eos_token_id=EOS, pad_token_id=PAD, bos_token_id=None)
 
 
-def sft(
-    trainer_class: type, model: torch.nn.Module, tmp_path: Any, rxf_callback: bool = True
-) -> Any:
-    args = trl.SFTConfig(
+def sft_config(tmp_path: Any, **overrides: Any) -> Any:
+    """Two CPU steps of batch 4, logging every step, nothing saved."""
+    return trl.SFTConfig(
         output_dir=str(tmp_path),
         per_device_train_batch_size=4,
         max_steps=2,
@@ -64,8 +63,14 @@ def sft(
         use_cpu=True,
         save_strategy="no",
         disable_tqdm=True,
-        seed=0,
+        **overrides,
     )
+
+
+def sft(
+    trainer_class: type, model: torch.nn.Module, tmp_path: Any, rxf_callback: bool = True
+) -> Any:
+    args = sft_config(tmp_path, seed=0)
     return trainer_class(
         model=model,
         args=args,
@@ -143,17 +148,7 @@ def test_docs_recipe(tmp_path) -> None:
 def test_rxf_sft_trainer_with_a_peft_config(tmp_path) -> None:
     peft = pytest.importorskip("peft", reason="PEFT is not installed (rxf[stacks])")
     wrapped = rxf.wrap(llama(), eps=0.5)
-    args = trl.SFTConfig(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=4,
-        max_steps=2,
-        logging_steps=1,
-        learning_rate=1e-3,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-        disable_tqdm=True,
-    )
+    args = sft_config(tmp_path)
     trainer = RXFSFTTrainer(
         model=wrapped,
         args=args,
